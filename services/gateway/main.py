@@ -1,0 +1,19 @@
+"""Runs the REST gateway under uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from services.runtime.config import Settings
+
+
+def run_gateway(settings: Settings, jwt_secret: str) -> int:
+    from services.gateway.app import create_app
+
+    app = create_app(settings, jwt_secret)
+    config = uvicorn.Config(
+        app, host=settings.bind_host, port=settings.gateway_port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=int(settings.grpc_grace_seconds), lifespan="on",
+    )
+    uvicorn.Server(config).run()
+    return 0

@@ -1,0 +1,1 @@
+"""Dramatiq actors of the ingest queue."""

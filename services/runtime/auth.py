@@ -1,0 +1,91 @@
+"""HS256 bearer tokens shared by the gateway (which issues them) and the gRPC services.
+
+When DOCENT_JWT_SECRET is unset, a random secret is generated once and kept in the data dir
+(mode 0600), so `make run` needs no configuration and tokens survive restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from services.runtime.config import Settings
+from services.runtime.errors import Unauthenticated
+
+ALGORITHM = "HS256"
+ISSUER = "docent"
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    token_id: str
+
+
+def jwt_secret(settings: Settings) -> str:
+    if settings.jwt_secret is not None:
+        secret = settings.jwt_secret.get_secret_value()
+        if len(secret) < 32:
+            raise SystemExit("docent: invalid setting DOCENT_JWT_SECRET: must be at least 32 characters")
+        return secret
+    return _persisted_secret(settings.secrets_dir / "jwt_secret")
+
+
+def _persisted_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    candidate = secrets.token_urlsafe(48)
+    # O_EXCL: when several services start at once, the first writer wins and the others read it.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):
+            text = path.read_text().strip()
+            if text:
+                return text
+            time.sleep(0.01)
+        raise
+    with os.fdopen(fd, "w") as handle:
+        handle.write(candidate)
+    return candidate
+
+
+def mint_token(secret: str, user_id: str, ttl_seconds: int, *, token_id: str | None = None) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": str(user_id),
+        "iss": ISSUER,
+        "iat": now,
+        "exp": now + int(ttl_seconds),
+        "jti": token_id or uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: str, token: str) -> Identity:
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
+            options={"require": ["sub", "exp", "iat"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthenticated("token expired", reason="TOKEN_EXPIRED") from None
+    except jwt.InvalidTokenError:
+        raise Unauthenticated("invalid token", reason="TOKEN_INVALID") from None
+    return Identity(user_id=str(claims["sub"]), token_id=str(claims.get("jti", "")))
+
+
+def bearer_token(header_value: str | None) -> str:
+    if not header_value:
+        raise Unauthenticated("missing bearer token", reason="TOKEN_MISSING")
+    scheme, _, token = header_value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_MISSING")
+    return token.strip()

@@ -1,0 +1,178 @@
+"""Settings for every Docent process, read from DOCENT_* env vars and an optional .env file.
+
+One Settings class serves all roles so that `docent up` can hand the same environment to
+every child; each role reads only what it needs. Validation happens at start-up and a bad
+value stops the process with one line naming the setting (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "DOCENT_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # where the embedded defaults keep their data (Postgres, Redis, vectors, secrets)
+    data_dir: Path = Path(".docent")
+
+    # backing services; unset means "start/use the embedded default"
+    database_url: str | None = None
+    redis_url: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+
+    # network
+    bind_host: str = "127.0.0.1"
+    gateway_port: int = Field(8000, ge=1, le=65535)
+    ingest_port: int = Field(50051, ge=1, le=65535)
+    retrieval_port: int = Field(50052, ge=1, le=65535)
+    chat_port: int = Field(50053, ge=1, le=65535)
+    # where clients find the services (default: localhost:<port>)
+    ingest_target: str | None = None
+    retrieval_target: str | None = None
+    chat_target: str | None = None
+    # Prometheus /metrics of the gRPC services and the worker (the gateway serves its own on its port)
+    ingest_metrics_port: int = Field(9051, ge=0, le=65535)
+    retrieval_metrics_port: int = Field(9052, ge=0, le=65535)
+    chat_metrics_port: int = Field(9053, ge=0, le=65535)
+    worker_metrics_port: int = Field(9054, ge=0, le=65535)
+
+    # auth: HS256 secret shared by the gateway (which issues tokens) and the gRPC services
+    jwt_secret: SecretStr | None = None
+    jwt_ttl_minutes: int = Field(60 * 24, ge=1)
+
+    # gRPC behaviour
+    grpc_deadline_seconds: float = Field(30.0, gt=0)
+    grpc_grace_seconds: float = Field(10.0, ge=0)
+    db_pool_max: int = Field(10, ge=1)
+
+    # logging
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    # uploads
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://localhost:3000"]
+
+    # embeddings: local ONNX MiniLM unless an OpenAI-compatible endpoint is set
+    embedding_base_url: str | None = None
+    embedding_api_key: SecretStr | None = None
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_dimensions: int | None = Field(None, ge=1)
+    embedding_batch_size: int = Field(8, ge=1, le=2048)
+    embedding_threads: int = Field(0, ge=0)
+
+    # retrieval defaults (per request overridable)
+    weight_documents: float = Field(0.7, ge=0, le=1)
+    weight_chat_history: float = Field(0.3, ge=0, le=1)
+    search_top_k: int = Field(10, ge=1, le=100)
+    min_score_documents: float = Field(0.2, ge=-1, le=1)
+    min_score_chat_history: float = Field(0.35, ge=-1, le=1)
+    search_mode: Literal["dense", "hybrid"] = "dense"
+
+    # chat answerer: extractive offline default unless an OpenAI-compatible endpoint is set
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_seconds: float = Field(60.0, gt=0)
+    llm_max_retries: int = Field(2, ge=0)
+    history_token_budget: int = Field(1500, ge=0)
+
+    # worker
+    worker_processes: int = Field(1, ge=1)
+    worker_threads: int = Field(2, ge=1)
+    worker_queues: Annotated[list[str], NoDecode] = ["ingest", "memory"]
+    lease_seconds: int = Field(120, ge=5)
+    sweep_interval_seconds: int = Field(30, ge=1)
+    max_attempts: int = Field(5, ge=1)
+    webhook_secret: SecretStr | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("cors_origins", "worker_queues", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # "a,b" in an env var; a JSON list works too
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return value or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @field_validator("qdrant_url", "embedding_base_url", "llm_base_url")
+    @classmethod
+    def _http_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value or None
+
+    @model_validator(mode="after")
+    def _weights_not_both_zero(self) -> Settings:
+        if self.weight_documents == 0 and self.weight_chat_history == 0:
+            raise ValueError("DOCENT_WEIGHT_DOCUMENTS and DOCENT_WEIGHT_CHAT_HISTORY cannot both be 0")
+        return self
+
+    # derived addresses -------------------------------------------------------------------------
+
+    def target(self, service: Literal["ingest", "retrieval", "chat"]) -> str:
+        explicit = getattr(self, f"{service}_target")
+        return explicit or f"127.0.0.1:{getattr(self, f'{service}_port')}"
+
+    @cached_property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming the first bad setting by its env var name."""
+    first = error.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "__root__"]
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if location:
+        name = ENV_PREFIX + location[0].upper()
+        return f"invalid setting {name}={first.get('input')!r}: {message}"
+    return f"invalid settings: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings for this process; exits with one clear line if any value is invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        print(f"docent: {describe_validation_error(error)}", file=sys.stderr)
+        raise SystemExit(2) from None

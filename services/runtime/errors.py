@@ -1,0 +1,127 @@
+"""The error model: domain errors with a gRPC status code and a google.rpc.ErrorInfo reason.
+
+Services raise `DocentError` subclasses; the server interceptor turns them into a gRPC status
+whose details carry ErrorInfo(reason=UPPER_SNAKE, domain="docent", metadata). Anything else
+becomes INTERNAL with a generic message: a Python exception's text never reaches a client.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "docent"
+
+
+class DocentError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None, **metadata: object) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+        self.metadata = {key: str(value) for key, value in metadata.items()}
+
+    def to_status(self) -> grpc.Status:
+        return build_status(self.code, self.message, self.reason, self.metadata)
+
+
+class InvalidArgument(DocentError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+
+class NotFound(DocentError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(DocentError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DocentError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(DocentError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(DocentError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DocentError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class Unavailable(DocentError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(DocentError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Internal(DocentError):
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+
+
+def build_status(code: grpc.StatusCode, message: str, reason: str,
+                 metadata: dict[str, str] | None = None) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    )
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo carried by a failed call, if any (client side)."""
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except Exception:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+_BY_CODE: dict[grpc.StatusCode, type[DocentError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
+                Unauthenticated, PermissionDenied, Unavailable, DeadlineExceeded, Internal)
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> DocentError:
+    """Re-raise an upstream failure as our own error, keeping its code and reason.
+
+    Used where one service calls another and the caller's client should see the real cause
+    (e.g. NOT_FOUND from ingest), not a generic INTERNAL.
+    """
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    info = error_info(error)
+    cls = _BY_CODE.get(code, Unavailable if code == grpc.StatusCode.UNKNOWN else Internal)
+    message = error.details() if hasattr(error, "details") else "upstream call failed"
+    return cls(message or "upstream call failed", reason=info.reason if info else None,
+               **(dict(info.metadata) if info else {}))

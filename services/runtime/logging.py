@@ -1,0 +1,54 @@
+"""structlog set-up shared by every process: JSON lines when not on a TTY, console otherwise.
+
+Request-scoped fields (request_id, user_id, rpc) are bound with structlog.contextvars by the
+gRPC interceptor and the gateway middleware, so every line a request logs carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_configured = False
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", service: str | None = None) -> None:
+    global _configured
+    numeric_level = getattr(logging, level.upper(), logging.INFO)
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+
+    def add_service(_logger: object, _method: str, event: dict) -> dict:
+        if service:
+            event.setdefault("service", service)
+        return event
+
+    shared: list[structlog.types.Processor] = [
+        add_service,
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor
+    if use_json:
+        shared.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries that use stdlib logging (dramatiq, uvicorn, asyncpg) go to stderr at the same level.
+    if not _configured:
+        logging.basicConfig(level=max(numeric_level, logging.INFO), stream=sys.stderr,
+                            format="%(levelname)s %(name)s: %(message)s")
+    _configured = True
+
+
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name) if name else structlog.get_logger()

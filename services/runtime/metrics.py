@@ -1,0 +1,23 @@
+"""Prometheus metrics shared by the services (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+GRPC_REQUESTS = Counter(
+    "docent_grpc_requests_total", "gRPC requests served, by outcome", ["service", "method", "code"]
+)
+GRPC_LATENCY = Histogram(
+    "docent_grpc_request_seconds", "gRPC request duration", ["service", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE_DEPTH = Gauge("docent_queue_depth", "Messages waiting in a Dramatiq queue", ["queue"])
+DOCUMENTS_BY_STATUS = Gauge("docent_documents", "Documents by processing status", ["status"])
+
+_started_ports: set[int] = set()
+
+
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+    if port and port not in _started_ports:
+        start_http_server(port, addr=host)
+        _started_ports.add(port)

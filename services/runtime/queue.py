@@ -1,0 +1,77 @@
+"""Dramatiq on Redis: one broker factory for the services (which enqueue) and the workers.
+
+Services enqueue by actor name with a plain `dramatiq.Message`, so they never import worker
+code; the worker declares the actors. Queues: `ingest` (documents) and `memory` (chat turns),
+so a 2,000-page PDF never delays the memory of a chat turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+INGEST_QUEUE = "ingest"
+MEMORY_QUEUE = "memory"
+QUEUES = (INGEST_QUEUE, MEMORY_QUEUE)
+NAMESPACE = "docent"
+
+
+def create_broker(redis_url: str, *, middleware: list[dramatiq.Middleware] | None = None) -> RedisBroker:
+    kwargs: dict[str, object] = {"url": redis_url, "namespace": NAMESPACE}
+    if middleware is not None:
+        kwargs["middleware"] = middleware
+    broker = RedisBroker(**kwargs)  # type: ignore[arg-type]
+    for queue in QUEUES:
+        broker.declare_queue(queue)
+    return broker
+
+
+def build_message(queue: str, actor: str, *args: object, **options: object) -> dramatiq.Message:
+    return dramatiq.Message(
+        queue_name=queue, actor_name=actor, args=tuple(args), kwargs={}, options=dict(options),
+    )
+
+
+class Enqueuer:
+    """Async-friendly enqueue for the gRPC services (the broker client is synchronous)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.broker = create_broker(redis_url)
+
+    async def enqueue(self, queue: str, actor: str, *args: object) -> str:
+        message = build_message(queue, actor, *args)
+        await asyncio.to_thread(self.broker.enqueue, message)
+        return message.message_id
+
+    async def ping(self) -> bool:
+        client: redis.Redis = self.broker.client
+        return bool(await asyncio.to_thread(client.ping))
+
+    def close(self) -> None:
+        self.broker.close()
+
+
+def queue_stats(broker: RedisBroker) -> dict[str, dict[str, int]]:
+    """Per queue: waiting, delayed (retry backoff), in flight and dead-lettered messages.
+
+    Read from the Redis layout of Dramatiq's RedisBroker: `<ns>:<q>` lists waiting ids,
+    `<ns>:<q>.msgs` holds every message not yet acked (waiting + in flight), `.DQ` the delayed
+    queue, `.XQ` the dead letters.
+    """
+    client: redis.Redis = broker.client
+    stats: dict[str, dict[str, int]] = {}
+    for queue in QUEUES:
+        base = f"{NAMESPACE}:{queue}"
+        pipe = client.pipeline(transaction=False)
+        pipe.llen(base).hlen(f"{base}.msgs").llen(f"{base}.DQ").hlen(f"{base}.DQ.msgs").zcard(f"{base}.XQ")
+        waiting, unacked, delayed_waiting, delayed_unacked, dead = (int(v or 0) for v in pipe.execute())
+        stats[queue] = {
+            "waiting": waiting,
+            "in_flight": max(unacked - waiting, 0),
+            "delayed": max(delayed_unacked, delayed_waiting),
+            "dead": dead,
+        }
+    return stats

@@ -1,0 +1,30 @@
+"""Dramatiq entry module (`dramatiq services.worker`): the broker, the actors and the sweeper.
+
+Imported by every worker process. The broker must be set before the actor modules are
+imported, because Dramatiq binds actors to the global broker at declaration time.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.middleware import AsyncIO, CurrentMessage, default_middleware
+
+from services.runtime.config import load_settings
+from services.runtime.logging import configure_logging
+from services.runtime.queue import create_broker
+
+settings = load_settings()
+configure_logging(settings.log_level, settings.log_format, service="worker")
+if not settings.redis_url or not settings.database_url:
+    raise SystemExit(
+        "docent: the worker needs DOCENT_REDIS_URL and DOCENT_DATABASE_URL (start it with `docent worker`)"
+    )
+
+broker = create_broker(
+    settings.redis_url,
+    middleware=[middleware() for middleware in default_middleware] + [AsyncIO(), CurrentMessage()],
+)
+dramatiq.set_broker(broker)
+
+from services.ingest import actors as ingest_actors  # noqa: E402,F401  (declares actors on the broker)
+from services.ingest.sweeper import run_sweeper  # noqa: E402,F401  (Dramatiq fork function)

@@ -1,0 +1,149 @@
+"""Shared fixtures: real embedded Postgres + Redis for the session, free ports, in-process services.
+
+Everything binds free ports and lives in its own temp data dir, so the suite runs beside a
+`make run` in progress and never touches the machine's own Postgres/Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.runtime.auth import mint_token
+from services.runtime.config import Settings
+from services.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
+from services.runtime.grpc_server import ServiceApp, serve
+
+TEST_SECRET = "test-secret-" + "x" * 40
+REPO = Path(__file__).resolve().parent.parent
+TESTDATA = Path(__file__).resolve().parent / "data"
+
+# Tests must not pick up a developer's .env or DOCENT_* environment.
+for _name in [name for name in os.environ if name.startswith("DOCENT_")]:
+    del os.environ[_name]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_data_dir(prefix: str = "docent-test-") -> Path:
+    # /tmp and mode 0755: as root, embedded Postgres runs as another user and must reach it
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@dataclass
+class Backing:
+    database_url: str
+    redis_url: str
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def backing() -> Iterator[Backing]:
+    data_dir = make_data_dir("docent-backing-")
+    postgres = EmbeddedPostgres(data_dir)
+    redis_server = EmbeddedRedis(data_dir)
+    try:
+        database_url = postgres.start()
+        redis_url = redis_server.start()
+        yield Backing(database_url, redis_url, data_dir)
+    finally:
+        redis_server.stop()
+        postgres.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def create_database(admin_url: str) -> str:
+    """A new empty database on the embedded server; returns its URL."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin_url.replace("/docent?", f"/{name}?")
+
+
+@pytest.fixture
+async def fresh_database_url(backing: Backing) -> str:
+    return await create_database(backing.database_url)
+
+
+def make_settings(backing: Backing | None = None, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": make_data_dir(),
+        "jwt_secret": TEST_SECRET,
+        "log_format": "json",
+        "grpc_grace_seconds": 1.0,
+        "ingest_metrics_port": 0, "retrieval_metrics_port": 0, "chat_metrics_port": 0,
+        "worker_metrics_port": 0,
+    }
+    if backing:
+        values.update(database_url=backing.database_url, redis_url=backing.redis_url)
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def token(user_id: str, ttl: int = 3600) -> str:
+    return mint_token(TEST_SECRET, user_id, ttl)
+
+
+def auth(user_id: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token(user_id)}"),)
+
+
+@contextlib.asynccontextmanager
+async def running_service(app: ServiceApp, settings: Settings, *, ready_interval: float = 0.2,
+                          wait_serving: bool = True) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port in this process; yields its target address."""
+    stop = asyncio.Event()
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(
+        app, settings, port=0, jwt_secret=TEST_SECRET, ready_interval=ready_interval,
+        on_bound=lambda port: bound.set_result(port), stop_event=stop,
+    ))
+    done, _ = await asyncio.wait({task, bound}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+    target = f"127.0.0.1:{bound.result()}"
+    try:
+        if wait_serving:
+            await wait_for_serving(target, app.service_names[0])
+        yield target
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_for_serving(target: str, service: str, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{service} at {target} not SERVING after {timeout}s")
+            await asyncio.sleep(0.05)

@@ -147,3 +147,10 @@ async def wait_for_serving(target: str, service: str, timeout: float = 60) -> No
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"{service} at {target} not SERVING after {timeout}s")
             await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from services.runtime.embeddings import LocalEmbedder
+
+    return LocalEmbedder(batch_size=8)

@@ -1,0 +1,157 @@
+"""The vector store port: what the retrieval service needs from Qdrant, whichever way it runs.
+
+Two collections, one per source (document chunks, chat turns), each partitioned by a `user_id`
+tenant payload index. Every read and write names the user, and the adapters put it inside the
+store's filter: another tenant's points are never fetched, not filtered out afterwards.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+CHUNKS_COLLECTION = "docent_chunks"
+TURNS_COLLECTION = "docent_chat_turns"
+DENSE = "dense"
+SPARSE = "bm25"
+# uuid5 namespace for point ids: the same chunk or turn always gets the same id
+POINT_NAMESPACE = uuid.UUID("6f0e4d0a-4b8e-4e8c-9d36-0c6f5b2f8d11")
+# RRF constant of the hybrid fusion; scores are normalised by the best possible RRF score
+RRF_K = 60
+
+
+class Source(enum.Enum):
+    DOCUMENTS = "documents"
+    CHAT_HISTORY = "chat_history"
+
+    @property
+    def collection(self) -> str:
+        return CHUNKS_COLLECTION if self is Source.DOCUMENTS else TURNS_COLLECTION
+
+
+class DimensionMismatch(RuntimeError):
+    """The store was built with another embedding model: a reindex is needed."""
+
+
+def chunk_point_id(document_id: str, chunk_index: int) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"chunk:{document_id}:{chunk_index}"))
+
+
+def turn_point_id(turn_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"turn:{turn_id}"))
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    chunk_index: int
+    text: str
+    page_start: int
+    page_end: int
+    embedding: Sequence[float]
+    token_count: int = 0
+    sparse: SparseVector | None = None
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    turn_id: str
+    conversation_id: str
+    user_message: str
+    assistant_message: str
+    created_at: float  # unix seconds
+    embedding: Sequence[float]
+    sparse: SparseVector | None = None
+
+    @property
+    def text(self) -> str:
+        return f"User: {self.user_message}\nAssistant: {self.assistant_message}"
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    document_ids: tuple[str, ...] = ()
+    conversation_id: str = ""
+    exclude_conversation_id: str = ""
+
+
+@dataclass(frozen=True)
+class Hit:
+    point_id: str
+    score: float
+    payload: dict[str, object] = field(default_factory=dict)
+
+
+class VectorStore(Protocol):
+    name: str
+
+    async def open(self, dimension: int) -> None:
+        """Create missing collections and indexes; raise DimensionMismatch on another dimension."""
+
+    async def close(self) -> None: ...
+
+    async def upsert_chunks(self, user_id: str, document_id: str, filename: str,
+                            chunks: Sequence[ChunkRecord]) -> int: ...
+
+    async def delete_stale_chunks(self, user_id: str, document_id: str, keep_below: int) -> None:
+        """Delete this document's chunks with chunk_index >= keep_below (left from an earlier run)."""
+
+    async def delete_document(self, user_id: str, document_id: str) -> None: ...
+
+    async def upsert_turn(self, user_id: str, turn: TurnRecord) -> str: ...
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> None: ...
+
+    async def search(self, source: Source, user_id: str, dense: Sequence[float], limit: int,
+                     filters: SearchFilters, sparse: SparseVector | None = None,
+                     min_score: float | None = None) -> list[Hit]:
+        """Best `limit` hits of one source for one user.
+
+        Dense: cosine scores, `min_score` applied inside the store. Hybrid (`sparse` given): dense
+        (thresholded) and BM25 candidates fused with RRF, scores normalised to 0..1.
+        """
+
+    async def count(self, source: Source, user_id: str, filters: SearchFilters | None = None) -> int: ...
+
+    async def ping(self) -> bool: ...
+
+    async def reset(self, dimension: int) -> None:
+        """Drop both collections and create them anew (reindex)."""
+
+
+def chunk_payload(user_id: str, document_id: str, filename: str, chunk: ChunkRecord) -> dict[str, object]:
+    return {
+        "user_id": user_id,
+        "document_id": document_id,
+        "filename": filename,
+        "chunk_index": chunk.chunk_index,
+        "page_start": chunk.page_start,
+        "page_end": chunk.page_end,
+        "token_count": chunk.token_count,
+        "text": chunk.text,
+    }
+
+
+def turn_payload(user_id: str, turn: TurnRecord) -> dict[str, object]:
+    return {
+        "user_id": user_id,
+        "conversation_id": turn.conversation_id,
+        "turn_id": turn.turn_id,
+        "user_message": turn.user_message,
+        "assistant_message": turn.assistant_message,
+        "created_at": turn.created_at,
+        "text": turn.text,
+    }
+
+
+def normalise_rrf(score: float) -> float:
+    # a point ranked first by both prefetches scores 2/(k+1)
+    return min(1.0, score / (2.0 / (RRF_K + 1)))

@@ -1,0 +1,198 @@
+"""Embedded adapter: the Qdrant engine in-process (PyPI qdrant-edge-py), one shard per collection.
+
+The engine is synchronous and holds the GIL while it works, so every call goes through a worker
+thread (the event loop keeps accepting RPCs between calls) and writes go in modest batches. A
+shard directory can be opened by one process only: the retrieval service is that process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import qdrant_edge as qe
+
+from services.retrieval.store import (
+    DENSE,
+    RRF_K,
+    SPARSE,
+    ChunkRecord,
+    DimensionMismatch,
+    Hit,
+    SearchFilters,
+    Source,
+    SparseVector,
+    TurnRecord,
+    chunk_payload,
+    chunk_point_id,
+    normalise_rrf,
+    turn_payload,
+    turn_point_id,
+)
+
+UPSERT_BATCH = 256
+HYBRID_PREFETCH = 50
+_INDEXES: dict[Source, list[tuple[str, object]]] = {
+    Source.DOCUMENTS: [("document_id", qe.PayloadSchemaType.Keyword), ("chunk_index", qe.PayloadSchemaType.Integer)],
+    Source.CHAT_HISTORY: [("conversation_id", qe.PayloadSchemaType.Keyword)],
+}
+
+
+def _config(dimension: int) -> qe.EdgeConfig:
+    return qe.EdgeConfig(
+        vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
+        sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+    )
+
+
+def _match(key: str, value: str) -> qe.FieldCondition:
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+
+def _filter(source: Source, user_id: str, filters: SearchFilters | None) -> qe.Filter:
+    must: list[object] = [_match("user_id", user_id)]
+    must_not: list[object] = []
+    if filters:
+        if source is Source.DOCUMENTS and filters.document_ids:
+            must.append(qe.FieldCondition(key="document_id", match=qe.MatchAny(list(filters.document_ids))))
+        if source is Source.CHAT_HISTORY and filters.conversation_id:
+            must.append(_match("conversation_id", filters.conversation_id))
+        if source is Source.CHAT_HISTORY and filters.exclude_conversation_id:
+            must_not.append(_match("conversation_id", filters.exclude_conversation_id))
+    return qe.Filter(must=must, must_not=must_not or None)
+
+
+def _sparse(vector: SparseVector) -> qe.SparseVector:
+    return qe.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+
+def _vectors(dense: Sequence[float], sparse: SparseVector | None) -> dict[str, object]:
+    vectors: dict[str, object] = {DENSE: list(dense)}
+    if sparse is not None and sparse.indices:
+        vectors[SPARSE] = _sparse(sparse)
+    return vectors
+
+
+class EdgeStore:
+    name = "qdrant-edge"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._shards: dict[Source, qe.EdgeShard] = {}
+
+    def _path(self, source: Source) -> Path:
+        return self.directory / source.collection
+
+    # lifecycle ----------------------------------------------------------------------------------
+
+    async def open(self, dimension: int) -> None:
+        await asyncio.to_thread(self._open_sync, dimension)
+
+    def _open_sync(self, dimension: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for source in Source:
+            path = self._path(source)
+            config_file = path / "edge_config.json"
+            if config_file.exists():
+                existing = json.loads(config_file.read_text())["vectors"][DENSE]["size"]
+                if existing != dimension:
+                    raise DimensionMismatch(
+                        f"vector collection {source.collection} holds {existing}-d vectors but the embedding "
+                        f"model gives {dimension}-d; run `docent reindex` to rebuild it with the new model"
+                    )
+                shard = qe.EdgeShard.load(str(path))
+            else:
+                shard = qe.EdgeShard.create(str(path), _config(dimension))
+            shard.update(qe.UpdateOperation.create_field_index("user_id", qe.KeywordIndexParams(is_tenant=True)))
+            for field_name, schema in _INDEXES[source]:
+                shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
+            self._shards[source] = shard
+
+    async def close(self) -> None:
+        shards, self._shards = self._shards, {}
+        for shard in shards.values():
+            await asyncio.to_thread(shard.close)
+
+    async def reset(self, dimension: int) -> None:
+        await self.close()
+        for source in Source:
+            await asyncio.to_thread(shutil.rmtree, self._path(source), True)
+        await self.open(dimension)
+
+    async def ping(self) -> bool:
+        return len(self._shards) == len(Source)
+
+    def _shard(self, source: Source) -> qe.EdgeShard:
+        try:
+            return self._shards[source]
+        except KeyError:
+            raise RuntimeError("vector store is not open") from None
+
+    # writes -------------------------------------------------------------------------------------
+
+    async def upsert_chunks(self, user_id: str, document_id: str, filename: str,
+                            chunks: Sequence[ChunkRecord]) -> int:
+        shard = self._shard(Source.DOCUMENTS)
+        for start in range(0, len(chunks), UPSERT_BATCH):
+            points = [
+                qe.Point(chunk_point_id(document_id, chunk.chunk_index), _vectors(chunk.embedding, chunk.sparse),
+                         chunk_payload(user_id, document_id, filename, chunk))
+                for chunk in chunks[start:start + UPSERT_BATCH]
+            ]
+            await asyncio.to_thread(shard.update, qe.UpdateOperation.upsert_points(points))
+        return len(chunks)
+
+    async def delete_stale_chunks(self, user_id: str, document_id: str, keep_below: int) -> None:
+        stale = qe.Filter(must=[
+            _match("user_id", user_id), _match("document_id", document_id),
+            qe.FieldCondition(key="chunk_index", range=qe.RangeFloat(gte=float(keep_below))),
+        ])
+        await asyncio.to_thread(self._shard(Source.DOCUMENTS).update,
+                                qe.UpdateOperation.delete_points_by_filter(stale))
+
+    async def delete_document(self, user_id: str, document_id: str) -> None:
+        condition = qe.Filter(must=[_match("user_id", user_id), _match("document_id", document_id)])
+        await asyncio.to_thread(self._shard(Source.DOCUMENTS).update,
+                                qe.UpdateOperation.delete_points_by_filter(condition))
+
+    async def upsert_turn(self, user_id: str, turn: TurnRecord) -> str:
+        point_id = turn_point_id(turn.turn_id)
+        point = qe.Point(point_id, _vectors(turn.embedding, turn.sparse), turn_payload(user_id, turn))
+        await asyncio.to_thread(self._shard(Source.CHAT_HISTORY).update, qe.UpdateOperation.upsert_points([point]))
+        return point_id
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
+        condition = qe.Filter(must=[_match("user_id", user_id), _match("conversation_id", conversation_id)])
+        await asyncio.to_thread(self._shard(Source.CHAT_HISTORY).update,
+                                qe.UpdateOperation.delete_points_by_filter(condition))
+
+    # reads --------------------------------------------------------------------------------------
+
+    async def search(self, source: Source, user_id: str, dense: Sequence[float], limit: int,
+                     filters: SearchFilters, sparse: SparseVector | None = None,
+                     min_score: float | None = None) -> list[Hit]:
+        condition = _filter(source, user_id, filters)
+        if sparse is None:
+            request = qe.QueryRequest(query=qe.Query.Nearest(list(dense), using=DENSE), filter=condition,
+                                      limit=limit, with_payload=True, score_threshold=min_score)
+        else:
+            prefetches = [qe.Prefetch(limit=max(limit, HYBRID_PREFETCH),
+                                      query=qe.Query.Nearest(list(dense), using=DENSE), score_threshold=min_score)]
+            if sparse.indices:
+                prefetches.append(qe.Prefetch(limit=max(limit, HYBRID_PREFETCH),
+                                              query=qe.Query.Nearest(_sparse(sparse), using=SPARSE)))
+            request = qe.QueryRequest(prefetches=prefetches, query=qe.Fusion.Rrf(k=RRF_K), filter=condition,
+                                      limit=limit, with_payload=True)
+        points = await asyncio.to_thread(self._shard(source).query, request)
+        return [
+            Hit(str(point.id), normalise_rrf(point.score) if sparse is not None else float(point.score),
+                dict(point.payload or {}))
+            for point in points
+        ]
+
+    async def count(self, source: Source, user_id: str, filters: SearchFilters | None = None) -> int:
+        request = qe.CountRequest(exact=True, filter=_filter(source, user_id, filters))
+        return int(await asyncio.to_thread(self._shard(source).count, request))

@@ -1,0 +1,157 @@
+"""One contract, two adapters: embedded qdrant-edge and the Qdrant server client (in local mode)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qdrant_client import AsyncQdrantClient
+
+from services.retrieval import sparse
+from services.retrieval.store import (
+    ChunkRecord,
+    DimensionMismatch,
+    SearchFilters,
+    Source,
+    TurnRecord,
+    chunk_point_id,
+)
+from services.retrieval.store_edge import EdgeStore
+from services.retrieval.store_qdrant import QdrantServerStore
+
+DIM = 16
+
+
+def unit(seed: int) -> list[float]:
+    vector = np.random.default_rng(seed).normal(size=DIM)
+    return list((vector / np.linalg.norm(vector)).astype(np.float32))
+
+
+def chunk(index: int, seed: int, text: str = "") -> ChunkRecord:
+    text = text or f"chunk number {index}"
+    return ChunkRecord(chunk_index=index, text=text, page_start=index + 1, page_end=index + 1,
+                       embedding=unit(seed), token_count=3, sparse=sparse.document_vector(text))
+
+
+def turn(turn_id: str, conversation_id: str, seed: int, text: str = "hello") -> TurnRecord:
+    return TurnRecord(turn_id=turn_id, conversation_id=conversation_id, user_message=text,
+                      assistant_message="answer", created_at=1_700_000_000.0, embedding=unit(seed),
+                      sparse=sparse.document_vector(text))
+
+
+def make_store(kind: str, path):
+    if kind == "edge":
+        return EdgeStore(path / "vectors")
+    return QdrantServerStore(AsyncQdrantClient(path=str(path / "qdrant-local")))
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+async def store(request, tmp_path):
+    instance = make_store(request.param, tmp_path)
+    await instance.open(DIM)
+    yield instance
+    await instance.close()
+
+
+async def test_upsert_is_idempotent(store) -> None:
+    chunks = [chunk(i, i) for i in range(5)]
+    await store.upsert_chunks("alice", "doc-1", "a.pdf", chunks)
+    await store.upsert_chunks("alice", "doc-1", "a.pdf", chunks)
+    assert await store.count(Source.DOCUMENTS, "alice") == 5
+    await store.upsert_turn("alice", turn("t1", "conv-1", 1))
+    await store.upsert_turn("alice", turn("t1", "conv-1", 1))
+    assert await store.count(Source.CHAT_HISTORY, "alice") == 1
+
+
+async def test_search_returns_payload_and_scores(store) -> None:
+    await store.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(i, i) for i in range(5)])
+    hits = await store.search(Source.DOCUMENTS, "alice", unit(3), 3, SearchFilters())
+    assert hits[0].point_id == chunk_point_id("doc-1", 3)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+    assert hits[0].payload["filename"] == "a.pdf" and hits[0].payload["page_start"] == 4
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+
+
+async def test_tenant_isolation_under_every_filter(store) -> None:
+    await store.upsert_chunks("alice", "doc-a", "a.pdf", [chunk(i, i) for i in range(4)])
+    await store.upsert_turn("alice", turn("ta", "conv-a", 7))
+    query = unit(1)
+    filter_sets = [SearchFilters(), SearchFilters(document_ids=("doc-a",)), SearchFilters(conversation_id="conv-a"),
+                   SearchFilters(exclude_conversation_id="other"), SearchFilters(document_ids=("doc-a", "x"))]
+    for filters in filter_sets:
+        for source in Source:
+            assert await store.search(source, "bob", query, 10, filters) == []
+            assert await store.count(source, "bob", filters) == 0
+    # deletes by another user touch nothing
+    await store.delete_document("bob", "doc-a")
+    await store.delete_conversation("bob", "conv-a")
+    assert await store.count(Source.DOCUMENTS, "alice") == 4
+    assert await store.count(Source.CHAT_HISTORY, "alice") == 1
+
+
+async def test_document_and_conversation_filters(store) -> None:
+    await store.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(i, i) for i in range(3)])
+    await store.upsert_chunks("alice", "doc-2", "b.pdf", [chunk(i, 10 + i) for i in range(3)])
+    hits = await store.search(Source.DOCUMENTS, "alice", unit(0), 10, SearchFilters(document_ids=("doc-2",)))
+    assert {hit.payload["document_id"] for hit in hits} == {"doc-2"}
+    await store.upsert_turn("alice", turn("t1", "conv-1", 1))
+    await store.upsert_turn("alice", turn("t2", "conv-2", 2))
+    only = await store.search(Source.CHAT_HISTORY, "alice", unit(1), 10, SearchFilters(conversation_id="conv-2"))
+    assert [hit.payload["turn_id"] for hit in only] == ["t2"]
+    excluded = await store.search(Source.CHAT_HISTORY, "alice", unit(1), 10,
+                                  SearchFilters(exclude_conversation_id="conv-1"))
+    assert [hit.payload["turn_id"] for hit in excluded] == ["t2"]
+
+
+async def test_delete_by_document_and_stale_chunks(store) -> None:
+    await store.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(i, i) for i in range(6)])
+    await store.upsert_chunks("alice", "doc-2", "b.pdf", [chunk(i, i) for i in range(2)])
+    await store.delete_stale_chunks("alice", "doc-1", keep_below=4)
+    assert await store.count(Source.DOCUMENTS, "alice", SearchFilters(document_ids=("doc-1",))) == 4
+    await store.delete_document("alice", "doc-1")
+    assert await store.count(Source.DOCUMENTS, "alice", SearchFilters(document_ids=("doc-1",))) == 0
+    assert await store.count(Source.DOCUMENTS, "alice") == 2
+
+
+async def test_delete_by_conversation(store) -> None:
+    await store.upsert_turn("alice", turn("t1", "conv-1", 1))
+    await store.upsert_turn("alice", turn("t2", "conv-1", 2))
+    await store.upsert_turn("alice", turn("t3", "conv-2", 3))
+    await store.delete_conversation("alice", "conv-1")
+    assert await store.count(Source.CHAT_HISTORY, "alice") == 1
+
+
+async def test_min_score_and_hybrid_keyword_match(store) -> None:
+    texts = ["read.dta handles Stata files", "spreadsheets and Excel", "relational databases via ODBC"]
+    await store.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(i, 100 + i, text) for i, text in enumerate(texts)])
+    # a query vector unrelated to every chunk: dense with a high threshold finds nothing
+    assert await store.search(Source.DOCUMENTS, "alice", unit(999), 5, SearchFilters(), min_score=0.99) == []
+    # hybrid still finds the keyword match, with a normalised score
+    hits = await store.search(Source.DOCUMENTS, "alice", unit(999), 5, SearchFilters(),
+                              sparse=sparse.query_vector("Stata"), min_score=0.99)
+    assert [hit.payload["chunk_index"] for hit in hits] == [0]
+    assert 0 < hits[0].score <= 1
+
+
+async def test_dimension_mismatch_is_a_clear_error(tmp_path) -> None:
+    for kind in ("edge", "qdrant-client"):
+        first = make_store(kind, tmp_path / kind)
+        await first.open(DIM)
+        await first.close()
+        second = make_store(kind, tmp_path / kind)
+        with pytest.raises(DimensionMismatch, match="docent reindex"):
+            await second.open(DIM * 2)
+        await second.close()
+
+
+async def test_data_survives_reopen_and_reset_empties(tmp_path) -> None:
+    for kind in ("edge", "qdrant-client"):
+        first = make_store(kind, tmp_path / kind)
+        await first.open(DIM)
+        await first.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(0, 0)])
+        await first.close()
+        second = make_store(kind, tmp_path / kind)
+        await second.open(DIM)
+        assert await second.count(Source.DOCUMENTS, "alice") == 1
+        await second.reset(DIM * 2)
+        assert await second.count(Source.DOCUMENTS, "alice") == 0
+        await second.close()

@@ -6,9 +6,9 @@ import asyncio
 
 import grpc
 import pytest
-from docent.v1 import ingest_pb2, ingest_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from docent.v1 import ingest_pb2, ingest_pb2_grpc
 from services.runtime.auth import mint_token
 from services.runtime.errors import NotFound, error_info
 from services.runtime.grpc_server import current_user_id

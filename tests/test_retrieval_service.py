@@ -6,8 +6,8 @@ import uuid
 
 import grpc
 import pytest
-from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
 
+from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.app import RetrievalApp
 from services.runtime.errors import error_info
 from tests.conftest import auth, make_settings, running_service

@@ -1,13 +1,16 @@
-"""The ingest service process: Postgres pool, the Dramatiq enqueuer and the IngestService servicer."""
+"""The ingest service process: Postgres pool, the enqueuer, a retrieval client and IngestService."""
 
 from __future__ import annotations
 
 import asyncpg
 import grpc
-from docent.v1 import ingest_pb2, ingest_pb2_grpc
 
+from docent.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2_grpc
+from services.ingest.events import DocumentEvents
+from services.ingest.servicer import IngestServicer
 from services.runtime import db
 from services.runtime.config import Settings
+from services.runtime.grpc_client import create_channel
 from services.runtime.queue import Enqueuer
 
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
@@ -21,18 +24,29 @@ class IngestApp:
         self.settings = settings
         self.pool: asyncpg.Pool | None = None
         self.enqueuer: Enqueuer | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.events: DocumentEvents | None = None
+        self.servicer = IngestServicer(settings)
 
     async def start(self) -> None:
         self.pool = await db.create_pool(self.settings.database_url or "", max_size=self.settings.db_pool_max)
         self.enqueuer = Enqueuer(self.settings.redis_url or "")
+        self.channel = create_channel(self.settings.target("retrieval"))
+        self.events = DocumentEvents(self.settings.database_url or "")
+        self.servicer.attach(self.pool, self.enqueuer, retrieval_pb2_grpc.RetrievalServiceStub(self.channel),
+                             self.events)
 
     def register(self, server: grpc.aio.Server) -> None:
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest_pb2_grpc.IngestServiceServicer(), server)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(self.servicer, server)
 
     async def check_ready(self) -> bool:
         return bool(self.pool and self.enqueuer and await db.ping(self.pool) and await self.enqueuer.ping())
 
     async def close(self) -> None:
+        if self.events:
+            await self.events.close()
+        if self.channel:
+            await self.channel.close()
         if self.enqueuer:
             self.enqueuer.close()
         if self.pool:

@@ -1,20 +1,112 @@
-"""The sweeper (a Dramatiq fork function): recovers documents whose message or worker was lost."""
+"""The sweeper: nothing stays pending or processing forever.
+
+Runs beside the workers (a Dramatiq fork function, one per `docent worker`); several sweepers
+are safe because each pass holds a Postgres advisory lock. Each pass:
+- re-enqueues `pending` documents whose message may be lost (enqueued long ago, or never);
+- recovers `processing` documents whose lease expired (their worker died): back to pending and
+  re-enqueued, or `failed` once they used up their attempts;
+- re-enqueues chat turns whose memory was never indexed;
+- refreshes the queue-depth and document-status gauges.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import signal
-import time
+
+import asyncpg
+import structlog
+
+from services.runtime import metrics
+from services.runtime.config import Settings, load_settings
+from services.runtime.logging import configure_logging
+from services.runtime.queue import INGEST_QUEUE, MEMORY_QUEUE, Enqueuer, queue_stats
+
+log = structlog.get_logger("docent.sweeper")
+SWEEP_LOCK_KEY = 0x737765657065  # "sweepe"
+INDEX_CHAT_TURN = "index_chat_turn"
+PROCESS_DOCUMENT = "process_document"
+
+
+async def sweep_once(settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer) -> dict[str, int]:
+    stale_after = max(settings.lease_seconds, 2 * settings.sweep_interval_seconds)
+    counts = {"requeued": 0, "recovered": 0, "failed": 0, "turns": 0}
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK_KEY):
+            return counts  # another sweeper is on it
+        try:
+            expired = await conn.fetch(
+                """UPDATE documents
+                   SET status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'pending' END,
+                       stage = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END,
+                       error = CASE WHEN attempts >= $1
+                                    THEN 'processing did not finish after ' || attempts || ' attempts (worker lost)'
+                                    ELSE 'recovered after a lost worker' END,
+                       lease_until = NULL, enqueued_at = NULL, updated_at = now()
+                   WHERE status = 'processing' AND lease_until < now()
+                   RETURNING id, status""", settings.max_attempts)
+            counts["failed"] = sum(1 for row in expired if row["status"] == "failed")
+            counts["recovered"] = len(expired) - counts["failed"]
+            pending = await conn.fetch(
+                """UPDATE documents SET enqueued_at = now(), updated_at = now()
+                   WHERE status = 'pending'
+                     AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
+                   RETURNING id""", stale_after)
+            for row in pending:
+                task_id = await enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(row["id"]))
+                await conn.execute("UPDATE documents SET task_id = $2 WHERE id = $1", row["id"], task_id)
+            counts["requeued"] = len(pending)
+            turns = await conn.fetch(
+                """SELECT id FROM chat_turns WHERE memory_indexed_at IS NULL
+                   AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT 500""",
+                stale_after)
+            for row in turns:
+                await enqueuer.enqueue(MEMORY_QUEUE, INDEX_CHAT_TURN, str(row["id"]))
+            counts["turns"] = len(turns)
+            for status, total in await conn.fetch("SELECT status, count(*) FROM documents GROUP BY status"):
+                metrics.DOCUMENTS_BY_STATUS.labels(status).set(total)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK_KEY)
+    for queue, stats in (await asyncio.to_thread(queue_stats, enqueuer.broker)).items():
+        metrics.QUEUE_DEPTH.labels(queue).set(stats["waiting"])
+    if any(counts.values()):
+        log.info("sweep", **counts)
+    return counts
+
+
+async def _sweep_forever(settings: Settings, stop: asyncio.Event) -> None:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    enqueuer = Enqueuer(settings.redis_url or "")
+    try:
+        while not stop.is_set():
+            try:
+                await sweep_once(settings, pool, enqueuer)
+            except Exception as error:  # a failed pass is retried on the next tick
+                log.warning("sweep_failed", error=type(error).__name__, detail=str(error)[:200])
+            try:
+                await asyncio.wait_for(stop.wait(), settings.sweep_interval_seconds)
+            except TimeoutError:
+                pass
+    finally:
+        enqueuer.close()
+        await pool.close()
 
 
 def run_sweeper() -> int:
-    stopping = False
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format, service="sweeper")
+    if settings.worker_metrics_port:
+        try:
+            metrics.start_metrics_server(settings.worker_metrics_port, settings.bind_host)
+        except OSError:
+            log.warning("metrics_port_busy", port=settings.worker_metrics_port)  # another worker serves it
 
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await _sweep_forever(settings, stop)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while not stopping:
-        time.sleep(0.5)
+    asyncio.run(main())
     return 0

@@ -6,8 +6,8 @@ import asyncio
 
 import grpc
 import structlog
-from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
 
+from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import DimensionMismatch, VectorStore
 from services.runtime.config import Settings

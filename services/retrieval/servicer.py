@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import grpc
 import numpy as np
-from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval import sparse
 from services.retrieval.merge import MergedItem, Weights, merge
 from services.retrieval.store import (

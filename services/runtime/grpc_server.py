@@ -42,6 +42,7 @@ SERVER_OPTIONS = [
 
 _identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("docent_identity", default=None)
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("docent_request_id", default="")
+_token: contextvars.ContextVar[str] = contextvars.ContextVar("docent_token", default="")
 
 
 def current_identity() -> Identity:
@@ -58,6 +59,11 @@ def current_user_id() -> str:
 
 def current_request_id() -> str:
     return _request_id.get()
+
+
+def current_token() -> str:
+    """The caller's bearer token, to call another service on the caller's behalf."""
+    return _token.get()
 
 
 class ServiceApp(Protocol):
@@ -176,6 +182,7 @@ class _Call:
         token = bearer_token(self._metadata.get("authorization"))
         identity = verify_token(self.interceptor._secret, token)
         self._tokens.append(_identity.set(identity))
+        self._tokens.append(_token.set(token))
         structlog.contextvars.bind_contextvars(user_id=identity.user_id)
 
     async def fail(self, error: BaseException) -> None:

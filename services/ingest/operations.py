@@ -1,0 +1,55 @@
+"""What operators ask of the ingest side: how deep the queues are, what is in flight, what failed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from services.runner import resolve_backing_urls
+from services.runtime.config import Settings
+from services.runtime.queue import create_broker, queue_stats
+
+
+async def queue_report(settings: Settings) -> str:
+    settings = resolve_backing_urls(settings)
+    broker = create_broker(settings.redis_url or "")
+    try:
+        stats = await asyncio.to_thread(queue_stats, broker)
+    finally:
+        broker.close()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        by_status = dict(await conn.fetch("SELECT status, count(*) FROM documents GROUP BY status"))
+        processing = await conn.fetch(
+            """SELECT id, filename, stage, pages_done, pages_total, chunks_done, chunks_total, attempts,
+                      greatest(0, extract(epoch FROM lease_until - now()))::int AS lease_left
+               FROM documents WHERE status = 'processing' ORDER BY updated_at DESC LIMIT 20""")
+        failed = await conn.fetch(
+            "SELECT id, filename, error, updated_at FROM documents WHERE status = 'failed' "
+            "ORDER BY updated_at DESC LIMIT 10")
+        unindexed_turns = await conn.fetchval("SELECT count(*) FROM chat_turns WHERE memory_indexed_at IS NULL")
+    finally:
+        await conn.close()
+
+    lines = ["queue       waiting  in-flight  delayed  dead"]
+    for queue, values in stats.items():
+        lines.append(f"{queue:<10} {values['waiting']:>8} {values['in_flight']:>10} {values['delayed']:>8} "
+                     f"{values['dead']:>5}")
+    lines.append("")
+    lines.append("documents   " + "  ".join(f"{status}={by_status.get(status, 0)}"
+                                          for status in ("pending", "processing", "completed", "failed")))
+    lines.append(f"chat turns waiting for memory indexing: {unindexed_turns}")
+    if processing:
+        lines.append("")
+        lines.append("processing:")
+        for row in processing:
+            lines.append(f"  {row['id']}  {row['filename']}  {row['stage']} pages {row['pages_done']}/"
+                         f"{row['pages_total']} chunks {row['chunks_done']}/{row['chunks_total']}  "
+                         f"attempt {row['attempts']}, lease {row['lease_left']} s")
+    if failed:
+        lines.append("")
+        lines.append("recently failed:")
+        for row in failed:
+            lines.append(f"  {row['id']}  {row['updated_at']:%Y-%m-%d %H:%M}  {row['filename']}: {row['error']}")
+    return "\n".join(lines)

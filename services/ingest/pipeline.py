@@ -1,0 +1,254 @@
+"""Processing one document: claim → parse → chunk → embed → index → completed.
+
+Idempotent and crash-safe: a document is claimed with a lease (a second run while the lease is
+live does nothing), progress is persisted as it changes and renews the lease, point ids are
+deterministic so a rerun overwrites, and leftovers of a longer earlier run are deleted. A
+document deleted while it is processed has its freshly written vectors removed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import structlog
+
+from docent.v1 import retrieval_pb2
+from services.ingest import documents
+from services.ingest.chunk import Chunk, chunk_pages
+from services.ingest.parse import ParseError, count_pages, iter_pages
+from services.ingest.webhook import deliver_webhook
+from services.runtime.embeddings import Tokenizer
+from services.runtime.resources import WorkerResources
+
+log = structlog.get_logger("docent.ingest.pipeline")
+
+PROGRESS_INTERVAL_SECONDS = 0.25
+UPSERT_BATCH_CHUNKS = 64
+MAX_CHUNK_TOKENS = 200
+OVERLAP_TOKENS = 30
+PERMANENT_GRPC_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                        grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
+
+
+class PermanentFailure(Exception):
+    """Retrying cannot help (bad file, incompatible configuration): the document fails now."""
+
+
+class TransientFailure(Exception):
+    """A dependency was unavailable; the actor is retried with backoff."""
+
+
+class DocumentGone(Exception):
+    """The document was deleted, or another worker took it over, while it was processed."""
+
+
+@dataclass
+class Claim:
+    id: uuid.UUID
+    user_id: str
+    filename: str
+    mime_type: str
+    attempts: int
+
+
+class Progress:
+    """Persists stage and counts (throttled), renewing the lease each time."""
+
+    def __init__(self, pool: asyncpg.Pool, document_id: uuid.UUID, lease_seconds: int) -> None:
+        self.pool = pool
+        self.document_id = document_id
+        self.lease_seconds = lease_seconds
+        self.values: dict[str, object] = {}
+        self._last_write = 0.0
+
+    async def update(self, *, force: bool = False, **values: object) -> None:
+        self.values.update(values)
+        now = time.monotonic()
+        if not force and now - self._last_write < PROGRESS_INTERVAL_SECONDS:
+            return
+        self._last_write = now
+        columns = list(self.values)
+        assignments = ", ".join(f"{column} = ${index + 3}" for index, column in enumerate(columns))
+        renewed = await self.pool.fetchval(
+            f"""UPDATE documents SET {assignments}, updated_at = now(),
+                       lease_until = now() + make_interval(secs => $2)
+                WHERE id = $1 AND status = 'processing' RETURNING 1""",
+            self.document_id, self.lease_seconds, *self.values.values())
+        if renewed is None:
+            raise DocumentGone(str(self.document_id))
+
+
+async def claim(pool: asyncpg.Pool, document_id: str, lease_seconds: int) -> Claim | None:
+    ident = documents.parse_uuid(document_id)
+    if ident is None:
+        return None
+    row = await pool.fetchrow(
+        """UPDATE documents
+           SET status = 'processing', stage = 'parsing', attempts = attempts + 1, error = NULL,
+               pages_done = 0, pages_total = 0, chunks_done = 0, chunks_total = 0,
+               lease_until = now() + make_interval(secs => $2), updated_at = now()
+           WHERE id = $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
+           RETURNING id, user_id, filename, mime_type, attempts""",
+        ident, lease_seconds)
+    if row is None:
+        return None
+    return Claim(row["id"], row["user_id"], row["filename"], row["mime_type"], row["attempts"])
+
+
+async def release(pool: asyncpg.Pool, document_id: str, reason: str) -> None:
+    """Back to pending for a retry (the message is retried with backoff; the sweeper is the safety net)."""
+    ident = documents.parse_uuid(document_id)
+    await pool.execute(
+        """UPDATE documents SET status = 'pending', stage = 'queued', lease_until = NULL, error = $2,
+                  enqueued_at = now(), updated_at = now()
+           WHERE id = $1 AND status = 'processing'""", ident, f"retrying: {reason}")
+
+
+async def fail(resources: WorkerResources, document_id: str, message: str) -> None:
+    ident = documents.parse_uuid(document_id)
+    assert resources.pool is not None
+    row = await resources.pool.fetchrow(
+        f"""UPDATE documents SET status = 'failed', stage = 'failed', error = $2, lease_until = NULL,
+                   updated_at = now()
+            WHERE id = $1 AND status IN ('pending', 'processing') RETURNING {documents.COLUMNS}""",
+        ident, message[:1000])
+    if row is not None:
+        log.info("document_failed", document_id=document_id, error=message)
+        await _remove_vectors(resources, row["user_id"], document_id)
+        await deliver_webhook(resources, row)
+
+
+async def _remove_vectors(resources: WorkerResources, user_id: str, document_id: str) -> None:
+    assert resources.retrieval is not None
+    try:
+        await resources.retrieval.DeleteDocumentChunks(
+            retrieval_pb2.DeleteDocumentChunksRequest(document_id=document_id), **resources.call_options_for(user_id))
+    except grpc.aio.AioRpcError as error:
+        log.warning("vector_cleanup_failed", document_id=document_id, code=error.code().name)
+
+
+def _parse_and_chunk(content: bytes, mime_type: str, pages_seen: list[int]) -> Iterator[Chunk]:
+    def counted_pages():
+        for page in iter_pages(content, mime_type):
+            pages_seen[0] += 1
+            yield page
+
+    return chunk_pages(counted_pages(), Tokenizer.shared().count, max_tokens=MAX_CHUNK_TOKENS,
+                       overlap_tokens=OVERLAP_TOKENS)
+
+
+async def process_document(resources: WorkerResources, document_id: str) -> str | None:
+    """Run the pipeline for one document; returns its final status, or None when there was nothing to do."""
+    pool = resources.pool
+    assert pool is not None and resources.retrieval is not None
+    lease = resources.settings.lease_seconds
+    claimed = await claim(pool, document_id, lease)
+    if claimed is None:
+        log.info("document_not_claimed", document_id=document_id)  # done, deleted, or another worker has it
+        return None
+    try:
+        return await _run(resources, claimed)
+    except DocumentGone:
+        if await documents.get_any(pool, document_id) is None:
+            # deleted while we worked: take back what we wrote
+            log.info("document_deleted_while_processing", document_id=document_id)
+            await _remove_vectors(resources, claimed.user_id, document_id)
+        else:
+            log.info("document_taken_over", document_id=document_id)  # our lease expired; another run owns it
+        return None
+
+
+async def _run(resources: WorkerResources, claimed: Claim) -> str:
+    pool = resources.pool
+    assert pool is not None
+    document_id = str(claimed.id)
+    started = time.perf_counter()
+    bound = log.bind(document_id=document_id, attempt=claimed.attempts)
+    progress = Progress(pool, claimed.id, resources.settings.lease_seconds)
+    content = await pool.fetchval("SELECT content FROM document_blobs WHERE document_id = $1", claimed.id)
+    if content is None:
+        raise PermanentFailure("the stored file is missing")
+
+    # parse + chunk (CPU work in a thread, one chunk at a time: memory stays bounded)
+    try:
+        pages_total = await asyncio.to_thread(count_pages, content, claimed.mime_type)
+        await progress.update(force=True, stage="parsing", pages_total=pages_total)
+        pages_seen = [0]
+        chunk_iter = _parse_and_chunk(content, claimed.mime_type, pages_seen)
+        chunks: list[Chunk] = []
+        while True:
+            batch = await asyncio.to_thread(_take, chunk_iter, 32)
+            chunks.extend(batch)
+            await progress.update(pages_done=min(pages_seen[0], pages_total) if pages_total else pages_seen[0])
+            if len(batch) < 32:
+                break
+    except ParseError as error:
+        raise PermanentFailure(str(error)) from None
+    del content
+    if not chunks:
+        raise PermanentFailure("no extractable text")
+    pages_done = pages_seen[0]
+    await progress.update(force=True, stage="chunking", pages_done=pages_done,
+                          pages_total=max(pages_total, pages_done), chunks_total=len(chunks))
+
+    # embed in small batches, index as we go: the first chunks are searchable early
+    embedder = await resources.embedder()
+    await progress.update(force=True, stage="embedding", chunks_done=0)
+    pending: list[retrieval_pb2.Chunk] = []
+    for start in range(0, len(chunks), embedder.batch_size):
+        batch = chunks[start:start + embedder.batch_size]
+        vectors = await asyncio.to_thread(embedder.embed, [chunk.text for chunk in batch])
+        pending.extend(
+            retrieval_pb2.Chunk(chunk_index=chunk.index, text=chunk.text, page_start=chunk.page_start,
+                                page_end=chunk.page_end, embedding=vector.tolist(), token_count=chunk.token_count)
+            for chunk, vector in zip(batch, vectors, strict=True))
+        last = start + embedder.batch_size >= len(chunks)
+        if len(pending) >= UPSERT_BATCH_CHUNKS or last:
+            if last:
+                await progress.update(force=True, stage="indexing", chunks_done=start + len(batch))
+            await _upsert(resources, claimed, pending, embedder.model_name,
+                          document_chunk_count=len(chunks) if last else 0)
+            pending = []
+        await progress.update(chunks_done=start + len(batch))
+
+    row = await pool.fetchrow(
+        f"""UPDATE documents SET status = 'completed', stage = 'completed', error = NULL, lease_until = NULL,
+                   chunks_done = $2, chunk_count = $2, page_count = $3, pages_done = $3, indexed_at = now(),
+                   updated_at = now()
+            WHERE id = $1 AND status = 'processing' RETURNING {documents.COLUMNS}""",
+        claimed.id, len(chunks), max(pages_total, pages_done))
+    if row is None:
+        raise DocumentGone(document_id)
+    bound.info("document_completed", pages=row["page_count"], chunks=len(chunks),
+               seconds=round(time.perf_counter() - started, 2))
+    await deliver_webhook(resources, row)
+    return documents.COMPLETED
+
+
+def _take(iterator: Iterator[Chunk], count: int) -> list[Chunk]:
+    taken: list[Chunk] = []
+    for item in iterator:
+        taken.append(item)
+        if len(taken) >= count:
+            break
+    return taken
+
+
+async def _upsert(resources: WorkerResources, claimed: Claim, chunks: list[retrieval_pb2.Chunk], model: str,
+                  document_chunk_count: int) -> None:
+    assert resources.retrieval is not None
+    request = retrieval_pb2.UpsertChunksRequest(
+        document_id=str(claimed.id), filename=claimed.filename, chunks=chunks, embedding_model=model,
+        document_chunk_count=document_chunk_count)
+    try:
+        await resources.retrieval.UpsertChunks(request, **resources.call_options_for(claimed.user_id))
+    except grpc.aio.AioRpcError as error:
+        if error.code() in PERMANENT_GRPC_CODES:
+            raise PermanentFailure(f"the retrieval service rejected the chunks: {error.details()}") from None
+        raise TransientFailure(f"retrieval service {error.code().name.lower()}") from None

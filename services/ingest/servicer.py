@@ -1,0 +1,181 @@
+"""IngestService: uploads acknowledged at once; processing happens in the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import unicodedata
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+import structlog
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from docent.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from services.ingest import documents
+from services.ingest.events import DocumentEvents
+from services.ingest.filetypes import EmptyFile, UnsupportedType, detect_type
+from services.runtime.config import Settings
+from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, from_rpc_error
+from services.runtime.grpc_client import call_options
+from services.runtime.grpc_server import current_token, current_user_id
+from services.runtime.queue import INGEST_QUEUE, Enqueuer
+
+log = structlog.get_logger("docent.ingest")
+
+PROCESS_DOCUMENT = "process_document"
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+HEAD_BYTES = 8192
+WATCH_POLL_SECONDS = 2.0
+MAX_FILENAME = 255
+
+
+def clean_filename(raw: str) -> str:
+    name = os.path.basename(raw.replace("\\", "/")).strip()
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    if not name or name in (".", ".."):
+        raise InvalidArgument("filename is required", reason="FILENAME_REQUIRED")
+    if len(name) > MAX_FILENAME:
+        stem, dot, extension = name.rpartition(".")
+        name = (stem[: MAX_FILENAME - len(extension) - 1] + dot + extension) if dot else name[:MAX_FILENAME]
+    return name
+
+
+def _document_not_found(document_id: str) -> NotFound:
+    return NotFound(f"document {document_id} not found", reason="DOCUMENT_NOT_FOUND", document_id=document_id)
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    """Registered before the server starts; `attach()` gives it its connections once they are open
+    (until then the interceptor answers UNAVAILABLE / SERVICE_STARTING)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def attach(self, pool: asyncpg.Pool, enqueuer: Enqueuer, retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
+               events: DocumentEvents) -> None:
+        self.pool = pool
+        self.enqueuer = enqueuer
+        self.retrieval = retrieval
+        self.events = events
+
+    async def UploadDocument(self, request_iterator: AsyncIterator[ingest_pb2.UploadDocumentRequest],
+                             context: grpc.aio.ServicerContext) -> ingest_pb2.UploadDocumentResponse:
+        user_id = current_user_id()
+        limit = self.settings.max_upload_bytes
+        metadata: ingest_pb2.UploadMetadata | None = None
+        content = bytearray()
+        digest = hashlib.sha256()
+        async for message in request_iterator:
+            if message.HasField("metadata"):
+                if metadata is not None or content:
+                    raise InvalidArgument("metadata must be sent once, before the bytes", reason="UPLOAD_PROTOCOL")
+                metadata = message.metadata
+                continue
+            if metadata is None:
+                raise InvalidArgument("the first message must carry the metadata", reason="UPLOAD_PROTOCOL")
+            if len(content) + len(message.chunk) > limit:
+                raise ResourceExhausted(f"file is larger than the {limit} byte limit", reason="FILE_TOO_LARGE",
+                                        limit_bytes=limit)
+            content.extend(message.chunk)
+            digest.update(message.chunk)
+        if metadata is None:
+            raise InvalidArgument("no upload metadata received", reason="UPLOAD_PROTOCOL")
+        filename = clean_filename(metadata.filename)
+        webhook_url = metadata.webhook_url.strip() or None
+        if webhook_url and not webhook_url.startswith(("http://", "https://")):
+            raise InvalidArgument("webhook_url must be an http(s) URL", reason="WEBHOOK_URL_INVALID")
+        try:
+            mime_type = detect_type(filename, metadata.content_type, bytes(content[:HEAD_BYTES]))
+        except EmptyFile:
+            raise InvalidArgument("the file is empty", reason="EMPTY_FILE") from None
+        except UnsupportedType as error:
+            raise InvalidArgument(str(error), reason="UNSUPPORTED_FILE_TYPE") from None
+
+        async with self.pool.acquire() as conn:
+            row, created = await documents.insert(
+                conn, user_id=user_id, filename=filename, mime_type=mime_type, content=bytes(content),
+                sha256=digest.hexdigest(), webhook_url=webhook_url)
+        if created:
+            row = await self._enqueue(row)
+        log.info("document_uploaded", document_id=str(row["id"]), bytes=len(content), mime_type=mime_type,
+                 deduplicated=not created)
+        return ingest_pb2.UploadDocumentResponse(document=documents.to_pb(row), deduplicated=not created)
+
+    async def _enqueue(self, row: asyncpg.Record) -> asyncpg.Record:
+        """Enqueue processing. A lost enqueue is not an error: the sweeper re-enqueues pending documents."""
+        try:
+            task_id = await self.enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(row["id"]))
+        except Exception as error:  # Redis down: the row is safe in Postgres, the sweeper retries
+            log.warning("enqueue_failed", document_id=str(row["id"]), error=type(error).__name__)
+            return row
+        await documents.mark_enqueued(self.pool, row["id"], task_id)
+        return await documents.get(self.pool, row["user_id"], str(row["id"])) or row
+
+    async def GetDocument(self, request: ingest_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext):
+        row = await documents.get(self.pool, current_user_id(), request.document_id)
+        if row is None:
+            raise _document_not_found(request.document_id)
+        return documents.to_pb(row)
+
+    async def ListDocuments(self, request: ingest_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext):
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        cursor = None
+        if request.page_token:
+            cursor = documents.PageCursor.decode(request.page_token)
+            if cursor is None:
+                raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID")
+        rows, next_cursor, total = await documents.list_page(self.pool, current_user_id(), page_size, cursor)
+        return ingest_pb2.ListDocumentsResponse(
+            documents=[documents.to_pb(row) for row in rows],
+            next_page_token=next_cursor.encode() if next_cursor else "", total_size=total)
+
+    async def DeleteDocument(self, request: ingest_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext):
+        user_id = current_user_id()
+        row = await documents.get(self.pool, user_id, request.document_id)
+        if row is None:
+            raise _document_not_found(request.document_id)
+        # vectors first: if the retrieval service is down the row stays, and the delete can be retried
+        try:
+            await self.retrieval.DeleteDocumentChunks(
+                retrieval_pb2.DeleteDocumentChunksRequest(document_id=str(row["id"])),
+                **call_options(current_token(), self.settings.grpc_deadline_seconds))
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        await documents.delete(self.pool, user_id, str(row["id"]))
+        log.info("document_deleted", document_id=str(row["id"]))
+        return empty_pb2.Empty()
+
+    async def WatchDocument(self, request: ingest_pb2.WatchDocumentRequest, context: grpc.aio.ServicerContext):
+        user_id = current_user_id()
+        row = await documents.get(self.pool, user_id, request.document_id)
+        if row is None:
+            raise _document_not_found(request.document_id)
+        document_id = str(row["id"])
+        changed = await self.events.subscribe(document_id)
+        try:
+            last = None
+            while True:
+                if row is None:
+                    raise _document_not_found(document_id)  # deleted while watched
+                key = documents.state_key(row)
+                if key != last:
+                    last = key
+                    stamp = timestamp_pb2.Timestamp()
+                    stamp.GetCurrentTime()
+                    yield ingest_pb2.WatchDocumentResponse(document=documents.to_pb(row), event_time=stamp)
+                if row["status"] in documents.TERMINAL:
+                    return
+                try:
+                    await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
+                except TimeoutError:
+                    pass
+                changed.clear()
+                row = await documents.get(self.pool, user_id, document_id)
+        finally:
+            self.events.unsubscribe(document_id, changed)

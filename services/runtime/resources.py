@@ -1,0 +1,86 @@
+"""What a worker process holds open: the Postgres pool, the retrieval channel, the embedder.
+
+Created lazily on the worker's event loop (Dramatiq's AsyncIO middleware runs one per process)
+and shared by every actor in that process. The worker acts for many users: it mints a short
+token for the user a document or turn belongs to, so the retrieval service scopes the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import grpc
+
+from docent.v1 import retrieval_pb2_grpc
+from services.runtime import db
+from services.runtime.auth import jwt_secret, mint_token
+from services.runtime.config import Settings, load_settings
+from services.runtime.embeddings import Embedder, create_embedder
+from services.runtime.grpc_client import call_options, create_channel
+
+TOKEN_TTL_SECONDS = 600
+
+
+class WorkerResources:
+    _instance: WorkerResources | None = None
+    _lock: asyncio.Lock | None = None
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.secret = jwt_secret(settings)
+        self.pool: asyncpg.Pool | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.retrieval: retrieval_pb2_grpc.RetrievalServiceStub | None = None
+        self._embedder: Embedder | None = None
+        self._tokens: dict[str, tuple[str, float]] = {}
+
+    @classmethod
+    async def get(cls) -> WorkerResources:
+        if cls._lock is None:
+            cls._lock = asyncio.Lock()
+        async with cls._lock:
+            if cls._instance is None:
+                instance = cls(load_settings())
+                await instance.open()
+                cls._instance = instance
+            return cls._instance
+
+    @classmethod
+    async def configure(cls, settings: Settings) -> WorkerResources:
+        """Open resources for `settings` and make them this process's shared instance (tests, tools)."""
+        instance = cls(settings)
+        await instance.open()
+        cls._instance = instance
+        return instance
+
+    @classmethod
+    async def reset(cls) -> None:
+        """Close and forget the shared instance."""
+        instance, cls._instance = cls._instance, None
+        if instance is not None:
+            await instance.close()
+
+    async def open(self) -> None:
+        self.pool = await db.create_pool(self.settings.database_url or "", max_size=4, run_migrations=False)
+        self.channel = create_channel(self.settings.target("retrieval"))
+        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
+
+    async def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = await asyncio.to_thread(create_embedder, self.settings)
+        return self._embedder
+
+    def call_options_for(self, user_id: str, timeout: float | None = None) -> dict[str, object]:
+        token, expires = self._tokens.get(user_id, ("", 0.0))
+        if time.time() > expires - TOKEN_TTL_SECONDS / 2:
+            token = mint_token(self.secret, user_id, TOKEN_TTL_SECONDS)
+            self._tokens[user_id] = (token, time.time() + TOKEN_TTL_SECONDS)
+        return call_options(token, timeout or self.settings.grpc_deadline_seconds)
+
+    async def close(self) -> None:
+        if self.channel:
+            await self.channel.close()
+        if self.pool:
+            await self.pool.close()

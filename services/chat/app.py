@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 import grpc
-from docent.v1 import chat_pb2, chat_pb2_grpc
 
+from docent.v1 import chat_pb2, chat_pb2_grpc
 from services.runtime import db
 from services.runtime.config import Settings
 from services.runtime.queue import Enqueuer

@@ -9,6 +9,7 @@ graceful shutdown on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import signal
@@ -279,7 +280,9 @@ async def serve(app: ServiceApp, settings: Settings, *, port: int, jwt_secret: s
         serving: bool | None = None
         while True:
             try:
-                ok = await asyncio.wait_for(app.check_ready(), timeout=max(ready_interval, 1.0) * 2)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the watcher's cancellation
+                async with asyncio.timeout(max(ready_interval, 1.0) * 2):
+                    ok = await app.check_ready()
             except Exception as error:  # a failing dependency check means NOT_SERVING, not a crash
                 log.warning("readiness_check_failed", error=type(error).__name__)
                 ok = False
@@ -307,6 +310,8 @@ async def serve(app: ServiceApp, settings: Settings, *, port: int, jwt_secret: s
         await health.enter_graceful_shutdown()
         if watcher:
             watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         await server.stop(settings.grpc_grace_seconds)
         await app.close()
         log.info("stopped")

@@ -1,0 +1,187 @@
+"""Conversations and chat turns in Postgres: the source of truth for what was said.
+
+Every query that serves a user names the user, so another user's conversation is simply not
+found. A turn and its conversation's counters are written in one transaction; a new
+conversation's row is created in that same transaction, so a failed answer leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from services.chat.text import normalise_space, shorten
+
+TITLE_CHARS = 80
+CONVERSATION_COLUMNS = "id, user_id, title, turn_count, created_at, updated_at"
+TURN_COLUMNS = """id, conversation_id, user_id, seq, query, standalone_query, answer, sources, context,
+                  chat_context_used, model, retrieval_ms, answer_ms, storage_ms, total_ms, vector_id,
+                  memory_indexed_at, created_at, history_turn_ids"""
+
+
+def parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def derive_title(query: str) -> str:
+    """A conversation's title: its first question, on one line, cut at a word boundary."""
+    return shorten(normalise_space(query), TITLE_CHARS) or "New conversation"
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    updated_at: dt.datetime
+    id: uuid.UUID
+
+    def encode(self) -> str:
+        raw = json.dumps([self.updated_at.isoformat(), str(self.id)]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> PageCursor | None:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            updated, ident = json.loads(raw)
+            return cls(dt.datetime.fromisoformat(updated), uuid.UUID(ident))
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass
+class NewTurn:
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    user_id: str
+    query: str
+    standalone_query: str
+    answer: str
+    sources: list[dict[str, object]]
+    context: list[dict[str, object]]
+    chat_context_used: bool
+    model: str
+    retrieval_ms: float
+    answer_ms: float
+    storage_ms: float = 0.0
+    total_ms: float = 0.0
+    history_turn_ids: list[uuid.UUID] = field(default_factory=list)
+
+
+async def get(pool: asyncpg.Pool, user_id: str, conversation_id: str) -> asyncpg.Record | None:
+    ident = parse_uuid(conversation_id)
+    if ident is None:
+        return None
+    return await pool.fetchrow(f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1 AND user_id = $2",
+                               ident, user_id)
+
+
+async def recent_turns(pool: asyncpg.Pool, user_id: str, conversation_id: uuid.UUID,
+                       limit: int) -> list[asyncpg.Record]:
+    """The conversation's last `limit` turns, newest first."""
+    return list(await pool.fetch(
+        """SELECT id, query, standalone_query, answer FROM chat_turns
+           WHERE conversation_id = $1 AND user_id = $2 ORDER BY seq DESC LIMIT $3""",
+        conversation_id, user_id, limit))
+
+
+async def store_turn(conn: asyncpg.Connection, turn: NewTurn, *, new_conversation: bool,
+                     before_insert: Callable[[NewTurn], None] | None = None) -> asyncpg.Record | None:
+    """Insert the turn (and, for a new conversation, the conversation) in one transaction.
+
+    Returns the stored row, or None when the conversation was deleted meanwhile. Concurrent
+    turns of one conversation serialise on the conversation row, which hands out the seq.
+    `before_insert` may fill in last values (timings) just before the turn's INSERT.
+    """
+    async with conn.transaction():
+        if new_conversation:
+            seq = await conn.fetchval(
+                """INSERT INTO conversations (id, user_id, title, turn_count) VALUES ($1, $2, $3, 1)
+                   RETURNING turn_count""", turn.conversation_id, turn.user_id, derive_title(turn.query))
+        else:
+            seq = await conn.fetchval(
+                """UPDATE conversations SET turn_count = turn_count + 1, updated_at = now()
+                   WHERE id = $1 AND user_id = $2 RETURNING turn_count""", turn.conversation_id, turn.user_id)
+            if seq is None:
+                return None
+        if before_insert is not None:
+            before_insert(turn)
+        return await conn.fetchrow(
+            f"""INSERT INTO chat_turns (id, conversation_id, user_id, seq, query, standalone_query, answer, sources,
+                       context, chat_context_used, model, retrieval_ms, answer_ms, storage_ms, total_ms,
+                       history_turn_ids)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11, $12, $13, $14, $15, $16)
+                RETURNING {TURN_COLUMNS}""",
+            turn.id, turn.conversation_id, turn.user_id, seq, turn.query, turn.standalone_query, turn.answer,
+            json.dumps(turn.sources), json.dumps(turn.context), turn.chat_context_used, turn.model,
+            turn.retrieval_ms, turn.answer_ms, turn.storage_ms, turn.total_ms, turn.history_turn_ids)
+
+
+async def list_page(pool: asyncpg.Pool, user_id: str, page_size: int,
+                    cursor: PageCursor | None) -> tuple[list[asyncpg.Record], PageCursor | None]:
+    """Newest (most recently active) first, keyset-paginated on (updated_at, id)."""
+    if cursor is None:
+        rows = await pool.fetch(
+            f"""SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1
+                ORDER BY updated_at DESC, id DESC LIMIT $2""", user_id, page_size + 1)
+    else:
+        rows = await pool.fetch(
+            f"""SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1 AND (updated_at, id) < ($2, $3)
+                ORDER BY updated_at DESC, id DESC LIMIT $4""", user_id, cursor.updated_at, cursor.id, page_size + 1)
+    next_cursor = None
+    if len(rows) > page_size:
+        rows = rows[:page_size]
+        next_cursor = PageCursor(rows[-1]["updated_at"], rows[-1]["id"])
+    return list(rows), next_cursor
+
+
+async def turns(pool: asyncpg.Pool, user_id: str, conversation_id: uuid.UUID) -> list[asyncpg.Record]:
+    return list(await pool.fetch(
+        f"SELECT {TURN_COLUMNS} FROM chat_turns WHERE conversation_id = $1 AND user_id = $2 ORDER BY seq",
+        conversation_id, user_id))
+
+
+async def delete(pool: asyncpg.Pool, user_id: str, conversation_id: uuid.UUID) -> bool:
+    """Delete the conversation; its turns go with it (ON DELETE CASCADE). Copies of its turns in the
+    retrieval context kept by other turns of the user (the explain view) are removed too."""
+    async with pool.acquire() as conn, conn.transaction():
+        result = await conn.execute("DELETE FROM conversations WHERE id = $1 AND user_id = $2",
+                                    conversation_id, user_id)
+        if not result.endswith(" 1"):
+            return False
+        await conn.execute(
+            """UPDATE chat_turns SET context = (
+                   SELECT coalesce(jsonb_agg(item ORDER BY position), '[]'::jsonb)
+                   FROM jsonb_array_elements(context) WITH ORDINALITY AS items(item, position)
+                   WHERE item -> 'chat_turn' ->> 'conversation_id' IS DISTINCT FROM $2)
+               WHERE user_id = $1
+                 AND context @> jsonb_build_array(
+                         jsonb_build_object('chat_turn', jsonb_build_object('conversation_id', $2::text)))""",
+            user_id, str(conversation_id))
+    return True
+
+
+# the memory worker acts on turn ids, not on behalf of a caller ----------------------------------
+
+async def turn_to_index(pool: asyncpg.Pool, turn_id: str) -> asyncpg.Record | None:
+    ident = parse_uuid(turn_id)
+    if ident is None:
+        return None
+    return await pool.fetchrow(
+        """SELECT id, conversation_id, user_id, query, answer, created_at, vector_id, memory_indexed_at
+           FROM chat_turns WHERE id = $1""", ident)
+
+
+async def mark_indexed(pool: asyncpg.Pool, turn_id: uuid.UUID, vector_id: str) -> bool:
+    """Record the memory vector; False when the turn was deleted meanwhile."""
+    updated = await pool.fetchval(
+        """UPDATE chat_turns SET vector_id = $2, memory_indexed_at = coalesce(memory_indexed_at, now())
+           WHERE id = $1 RETURNING 1""", turn_id, vector_id)
+    return updated is not None

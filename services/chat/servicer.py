@@ -1,0 +1,105 @@
+"""ChatService: answers with citations, conversations, and real forgetting."""
+
+from __future__ import annotations
+
+import asyncpg
+import grpc
+import structlog
+from google.protobuf import empty_pb2
+
+from docent.v1 import chat_pb2, chat_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from services.chat import conversations, records
+from services.chat.pipeline import ChatPipeline, Delta, Started, Stored, conversation_not_found
+from services.runtime.config import Settings
+from services.runtime.errors import Internal, InvalidArgument, from_rpc_error
+from services.runtime.grpc_client import call_options
+from services.runtime.grpc_server import current_token, current_user_id
+
+log = structlog.get_logger("docent.chat")
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+    """Registered before the server starts; `attach()` gives it its connections once they are open
+    (until then the interceptor answers UNAVAILABLE / SERVICE_STARTING)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def attach(self, pipeline: ChatPipeline, pool: asyncpg.Pool,
+               retrieval: retrieval_pb2_grpc.RetrievalServiceStub) -> None:
+        self.pipeline = pipeline
+        self.pool = pool
+        self.retrieval = retrieval
+
+    async def Chat(self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> chat_pb2.ChatResponse:
+        turn = None
+        async for event in self.pipeline.run(current_user_id(), current_token(), request.query, request.options):
+            if isinstance(event, Stored):
+                turn = event.turn
+        if turn is None:
+            raise Internal("the chat pipeline ended without a turn")
+        return chat_pb2.ChatResponse(turn=turn)
+
+    async def StreamChat(self, request: chat_pb2.StreamChatRequest, context: grpc.aio.ServicerContext):
+        conversation_id = ""
+        async for event in self.pipeline.run(current_user_id(), current_token(), request.query, request.options):
+            if isinstance(event, Started):
+                conversation_id = event.conversation_id
+            elif isinstance(event, Delta):
+                yield chat_pb2.StreamChatResponse(delta=event.text, conversation_id=conversation_id)
+            else:
+                conversation_id = event.turn.conversation_id
+                yield chat_pb2.StreamChatResponse(turn=event.turn, conversation_id=conversation_id)
+
+    async def ListConversations(self, request: chat_pb2.ListConversationsRequest,
+                                context: grpc.aio.ServicerContext) -> chat_pb2.ListConversationsResponse:
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        cursor = None
+        if request.page_token:
+            cursor = conversations.PageCursor.decode(request.page_token)
+            if cursor is None:
+                raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID")
+        rows, next_cursor = await conversations.list_page(self.pool, current_user_id(), page_size, cursor)
+        return chat_pb2.ListConversationsResponse(
+            conversations=[records.conversation_to_pb(row) for row in rows],
+            next_page_token=next_cursor.encode() if next_cursor else "")
+
+    async def GetConversation(self, request: chat_pb2.GetConversationRequest,
+                              context: grpc.aio.ServicerContext) -> chat_pb2.Conversation:
+        user_id = current_user_id()
+        row = await conversations.get(self.pool, user_id, request.conversation_id)
+        if row is None:
+            raise conversation_not_found(request.conversation_id)
+        return records.conversation_to_pb(row, await conversations.turns(self.pool, user_id, row["id"]))
+
+    async def DeleteConversation(self, request: chat_pb2.DeleteConversationRequest,
+                                 context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        """Memory vectors, then rows, then the vectors once more: a memory write racing the delete
+        either lands before the second vector delete, or finds its turn gone and removes itself."""
+        user_id = current_user_id()
+        row = await conversations.get(self.pool, user_id, request.conversation_id)
+        if row is None:
+            raise conversation_not_found(request.conversation_id)
+        conversation_id = str(row["id"])
+        await self._forget(conversation_id)  # if the store is down, the rows stay and the delete can be retried
+        await conversations.delete(self.pool, user_id, row["id"])
+        try:
+            await self._forget(conversation_id)
+        except Exception as error:  # the first pass succeeded; only a racing memory write could be left
+            log.warning("conversation_memory_second_pass_failed", conversation_id=conversation_id,
+                        error=type(error).__name__)
+        log.info("conversation_deleted", conversation_id=conversation_id, turns=row["turn_count"])
+        return empty_pb2.Empty()
+
+    async def _forget(self, conversation_id: str) -> None:
+        try:
+            await self.retrieval.DeleteConversationMemory(
+                retrieval_pb2.DeleteConversationMemoryRequest(conversation_id=conversation_id),
+                **call_options(current_token(), self.settings.grpc_deadline_seconds))
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None

@@ -1,0 +1,322 @@
+"""The answerers, the follow-up rewrite and the history budget, without the gRPC stack.
+
+The LLM answerer talks to a real OpenAI-compatible HTTP server that the test runs on loopback
+(`FakeLLM`, also used by test_chat_service): it records each request and answers with SSE
+streaming, an HTTP error, or too late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from services.chat.answer import NOT_FOUND_ANSWER, AnswerRequest, DocumentBlock, Memory, citations, cited_markers
+from services.chat.answer_extractive import CHAT_PREFIX, HISTORY_PREFIX, ExtractiveAnswerer, compose
+from services.chat.answer_llm import LLMAnswerer, LLMClient, build_messages
+from services.chat.history import HistoryTurn, within_budget
+from services.chat.rewrite import Rewriter, is_follow_up, rule_rewrite
+from services.chat.text import sentences
+from services.runtime.errors import Unavailable
+from tests.conftest import free_port, make_settings
+
+REPORT = [
+    "Q3 revenue was $5M, driven by enterprise subscriptions. The sales team closed 14 new accounts.",
+    "Q2 revenue was $4.2M after the spring price change. Churn stayed flat.",
+    "Profit margins improved to 18% in Q3. Costs fell because of the new data centre.",
+    "Employees get 25 days of paid vacation per year.",
+]
+
+
+def blocks(texts: list[str] = REPORT, scores: list[float] | None = None) -> list[DocumentBlock]:
+    scores = scores or [0.7 - 0.05 * index for index in range(len(texts))]
+    return [DocumentBlock(marker=index + 1, text=text, score=scores[index], document_id="doc-1",
+                          filename="report.pdf", chunk_index=index, page_start=index + 1, page_end=index + 1)
+            for index, text in enumerate(texts)]
+
+
+def answer_of(request: AnswerRequest) -> str:
+    return " ".join(compose(request))
+
+
+def copied_from_context(answer: str, request: AnswerRequest) -> bool:
+    """Every sentence of the answer, minus markers and framing, appears verbatim in the context."""
+    sources = " ".join([*(block.text for block in request.documents),
+                        *(memory.assistant_message for memory in request.memories),
+                        *(turn.answer for turn in request.history)])
+    for piece in compose(request):
+        body = piece.rsplit(" [", 1)[0] if piece.endswith("]") else piece
+        body = body.removeprefix(CHAT_PREFIX).removeprefix(HISTORY_PREFIX)
+        if body != NOT_FOUND_ANSWER and body not in sources:
+            return False
+    return True
+
+
+# the extractive answerer ----------------------------------------------------------------------
+
+def test_extractive_quotes_the_fact_with_its_marker() -> None:
+    request = AnswerRequest(query="What is our Q3 revenue?", standalone_query="What is our Q3 revenue?",
+                            documents=blocks())
+    answer = answer_of(request)
+    assert answer.startswith("Q3 revenue was $5M, driven by enterprise subscriptions. [1]")
+    assert "vacation" not in answer
+    assert copied_from_context(answer, request)
+    sources = citations(answer, request.documents, all_when_uncited=False)
+    assert sources[0].chunk_index == 0 and sources[0].marker == 1
+    assert sources[0].snippet.startswith("Q3 revenue was $5M")
+
+
+def test_extractive_follow_up_uses_carried_terms_but_prefers_the_new_ones() -> None:
+    history = [HistoryTurn("t1", "What is our Q3 revenue?", "What is our Q3 revenue?",
+                           "Q3 revenue was $5M, driven by enterprise subscriptions. [1]")]
+    standalone = rule_rewrite("How does that compare to Q2?", history)
+    request = AnswerRequest(query="How does that compare to Q2?", standalone_query=standalone, history=history,
+                            documents=blocks())
+    pieces = compose(request)
+    assert pieces[0] == "Q2 revenue was $4.2M after the spring price change. [2]"
+    # the Q3 figure is quoted once, from the document rather than from the earlier answer
+    assert any(piece.startswith("Q3 revenue was $5M") and piece.endswith("[1]") for piece in pieces)
+    assert not any(piece.startswith(CHAT_PREFIX) for piece in pieces)
+    profit = AnswerRequest(query="and the profit?", standalone_query=rule_rewrite("and the profit?", history),
+                           history=history, documents=blocks())
+    assert compose(profit)[0] == "Profit margins improved to 18% in Q3. [3]"
+
+
+def test_extractive_says_plainly_when_nothing_is_relevant() -> None:
+    # scores as the MiniLM model gives them for this question and these passages
+    nothing = AnswerRequest(query="Who is the CEO of Acme?", standalone_query="Who is the CEO of Acme?",
+                            documents=blocks(scores=[0.22, 0.17, 0.07, 0.21]))
+    assert compose(nothing) == [NOT_FOUND_ANSWER]
+    # no shared word, but a passage very close in meaning (cosine 0.59) is offered as the closest one
+    holidays = AnswerRequest(query="How many holidays do staff have?",
+                             standalone_query="How many holidays do staff have?",
+                             documents=blocks([REPORT[3], REPORT[0]], scores=[0.59, 0.23]))
+    assert compose(holidays) == ["The closest passage I found: Employees get 25 days of paid vacation per year. [1]"]
+    assert compose(AnswerRequest(query="anything at all", standalone_query="anything at all")) == [NOT_FOUND_ANSWER]
+    assert citations(NOT_FOUND_ANSWER, blocks(), all_when_uncited=True) == []
+
+
+def test_extractive_quotes_an_earlier_conversation_without_citing_it() -> None:
+    memory = Memory(turn_id="t0", conversation_id="c0", user_message="What is our Q3 revenue?",
+                    assistant_message="Q3 revenue was $5M, driven by enterprise subscriptions. [1]", score=0.8)
+    request = AnswerRequest(query="what did we say about Q3 revenue?",
+                            standalone_query="what did we say about Q3 revenue?", memories=[memory])
+    assert compose(request) == [CHAT_PREFIX + "Q3 revenue was $5M, driven by enterprise subscriptions."]
+    assert request.uses_chat_history
+    assert citations(answer_of(request), [], all_when_uncited=False) == []
+    # this conversation's own earlier answer, when no document has it
+    history = [HistoryTurn("t1", "Who approved the budget?", "Who approved the budget?",
+                           "The budget was approved by the board on 3 March. [2]")]
+    again = AnswerRequest(query="When was the budget approved?", standalone_query="When was the budget approved?",
+                          history=history, documents=blocks())
+    assert compose(again) == [HISTORY_PREFIX + "The budget was approved by the board on 3 March."]
+    assert copied_from_context(answer_of(again), again)
+
+
+def test_extractive_is_fast_and_streams_sentences() -> None:
+    many = blocks([" ".join(REPORT)] * 10)
+    request = AnswerRequest(query="What is our Q3 revenue?", standalone_query="What is our Q3 revenue?",
+                            documents=many)
+    started = time.perf_counter()
+    for _ in range(20):
+        compose(request)
+    assert (time.perf_counter() - started) / 20 < 0.02
+
+    async def collect() -> list[str]:
+        return [piece async for piece in ExtractiveAnswerer().stream(request)]
+
+    pieces = asyncio.run(collect())
+    assert "".join(pieces) == answer_of(request) and len(pieces) >= 1
+
+
+def test_sentence_splitting_keeps_figures_and_abbreviations() -> None:
+    text = "Revenue was $4.2M in Q2.\nIt rose, e.g. in Europe. Costs\nfell 3.5% overall! Next"
+    assert sentences(text) == ["Revenue was $4.2M in Q2.", "It rose, e.g. in Europe.", "Costs fell 3.5% overall!",
+                               "Next"]
+
+
+def test_cited_markers_and_llm_sources_fallback() -> None:
+    assert cited_markers("A [2]. B [1, 3]. C [2][9]") == [2, 1, 3, 9]
+    documents = blocks()
+    assert [c.marker for c in citations("A [2]. B [9]", documents, all_when_uncited=True)] == [2]
+    # an LLM that ignored the citation instruction still drew on every block it was given
+    assert len(citations("Revenue grew.", documents, all_when_uncited=True)) == len(documents)
+
+
+# rewrite and history -------------------------------------------------------------------------
+
+def test_rule_rewrite_carries_the_previous_subject() -> None:
+    history = [HistoryTurn("t1", "What is our Q3 revenue?", "What is our Q3 revenue?", "…")]
+    assert rule_rewrite("How does that compare to Q2?", history) == "Q2 Q3 revenue"
+    assert rule_rewrite("and the profit?", history) == "profit Q3 revenue"
+    assert rule_rewrite("What is the vacation policy?", history) == "What is the vacation policy?"
+    assert rule_rewrite("and the profit?", []) == "and the profit?"
+    # a chain of follow-ups keeps its subject through the previous standalone query
+    chained = [*history, HistoryTurn("t2", "and the profit?", "profit Q3 revenue", "…")]
+    assert rule_rewrite("what about Q4?", chained) == "Q4 profit Q3 revenue"
+    assert is_follow_up("What about Q2?") and not is_follow_up("Who leads the marketing team?")
+
+
+def test_history_keeps_the_newest_turns_within_the_budget() -> None:
+    turns = [HistoryTurn(str(index), f"question {index}", f"question {index}", "word " * 50)
+             for index in range(10)]
+    newest_first = list(reversed(turns))
+    count = lambda text: len(text.split())  # noqa: E731
+    kept = within_budget(newest_first, 160, count)
+    assert [turn.id for turn in kept] == ["7", "8", "9"]
+    assert within_budget(newest_first, 0, count) == []
+    # the newest turn is kept even when it alone is over the budget, its answer shortened
+    (only,) = within_budget(newest_first, 20, count)
+    assert only.id == "9" and len(only.answer) < len(turns[9].answer)
+
+
+# the LLM answerer against a local OpenAI-compatible server ------------------------------------
+
+@dataclass
+class FakeLLM:
+    """A minimal OpenAI-compatible /v1/chat/completions on loopback."""
+
+    base_url: str
+    requests: list[dict] = field(default_factory=list)
+    mode: str = "ok"  # ok | error | slow
+    answer: Callable[[dict], str] = lambda body: "Q3 revenue was $5M [1]."
+    rewrite: str = ""
+    delay: float = 2.0
+
+    def pieces(self, text: str) -> list[str]:
+        words = text.split(" ")
+        return [word if index == 0 else f" {word}" for index, word in enumerate(words)]
+
+
+def _app(fake: FakeLLM) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request):
+        body = await request.json()
+        fake.requests.append(body)
+        if fake.mode == "error":
+            return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=503)
+        if fake.mode == "slow":
+            await asyncio.sleep(fake.delay)
+        model = body.get("model", "")
+        if not body.get("stream"):
+            return JSONResponse({
+                "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": fake.rewrite or fake.answer(body)}}]})
+
+        async def events() -> AsyncIterator[str]:
+            for piece in fake.pieces(fake.answer(body)):
+                chunk = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+                         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            done = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def fake_llm() -> AsyncIterator[FakeLLM]:
+    port = free_port()
+    fake = FakeLLM(base_url=f"http://127.0.0.1:{port}/v1")
+    server = uvicorn.Server(uvicorn.Config(_app(fake), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off", timeout_graceful_shutdown=1))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield fake
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+def llm_client(base_url: str, **overrides: object) -> LLMClient:
+    values: dict[str, object] = {"llm_base_url": base_url, "llm_model": "test-model", "llm_api_key": "sk-test",
+                                 "llm_timeout_seconds": 5, "llm_max_retries": 0}
+    values.update(overrides)
+    return LLMClient.from_settings(make_settings(**values))
+
+
+async def test_llm_answerer_streams_and_sends_a_grounded_prompt() -> None:
+    request = AnswerRequest(
+        query="How does that compare to Q2?", standalone_query="Q2 Q3 revenue",
+        history=[HistoryTurn("t1", "What is our Q3 revenue?", "What is our Q3 revenue?", "It was $5M [1].")],
+        documents=blocks()[:2],
+        memories=[Memory("t0", "c0", "old question", "old answer [4]", 0.5)])
+    async with fake_llm() as fake:
+        fake.answer = lambda body: "Q2 revenue was $4.2M [2], below Q3's $5M [1]."
+        answerer = LLMAnswerer(llm_client(fake.base_url))
+        pieces = [piece async for piece in answerer.stream(request)]
+        await answerer.close()
+    assert len(pieces) > 3 and "".join(pieces) == "Q2 revenue was $4.2M [2], below Q3's $5M [1]."
+    (sent,) = fake.requests
+    assert sent["model"] == "test-model" and sent["stream"] is True
+    messages = sent["messages"]
+    assert messages == build_messages(request)
+    assert messages[0]["role"] == "system" and "cite" in messages[0]["content"]
+    assert "couldn't find" in messages[0]["content"]
+    # history as prior messages, without the old markers; the blocks numbered; memories not citable
+    assert messages[1] == {"role": "user", "content": "What is our Q3 revenue?"}
+    assert messages[2] == {"role": "assistant", "content": "It was $5M."}
+    final = messages[-1]["content"]
+    assert "[1] (report.pdf, page 1)\nQ3 revenue was $5M" in final and "[2] (report.pdf, page 2)" in final
+    assert "not sources, do not cite" in final and "old answer" in final and "[4]" not in final
+    assert final.endswith("Question: How does that compare to Q2?")
+    assert [c.marker for c in citations("".join(pieces), request.documents, all_when_uncited=True)] == [2, 1]
+
+
+@pytest.mark.parametrize(("mode", "retries", "reason", "attempts"), [
+    ("error", 1, "LLM_UNAVAILABLE", 2),
+    ("slow", 0, "LLM_TIMEOUT", 1),
+])
+async def test_llm_failures_become_unavailable(mode: str, retries: int, reason: str, attempts: int) -> None:
+    request = AnswerRequest(query="q", standalone_query="q", documents=blocks()[:1])
+    async with fake_llm() as fake:
+        fake.mode = mode
+        fake.delay = 1.5
+        answerer = LLMAnswerer(llm_client(fake.base_url, llm_timeout_seconds=0.5, llm_max_retries=retries))
+        with pytest.raises(Unavailable) as raised:
+            [piece async for piece in answerer.stream(request)]
+        await answerer.close()
+    assert raised.value.reason == reason and raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert len(fake.requests) == attempts
+
+
+async def test_llm_unreachable_and_llm_rewrite() -> None:
+    answerer = LLMAnswerer(llm_client(f"http://127.0.0.1:{free_port()}/v1"))
+    with pytest.raises(Unavailable) as raised:
+        [piece async for piece in answerer.stream(AnswerRequest(query="q", standalone_query="q"))]
+    assert raised.value.reason == "LLM_UNAVAILABLE"
+    await answerer.close()
+    history = [HistoryTurn("t1", "What is our Q3 revenue?", "What is our Q3 revenue?", "It was $5M [1].")]
+    async with fake_llm() as fake:
+        client = llm_client(fake.base_url)
+        fake.rewrite = '"How does Q3 revenue compare to Q2 revenue?"'
+        assert await Rewriter(client).standalone("How does that compare to Q2?", history) == \
+            "How does Q3 revenue compare to Q2 revenue?"
+        assert fake.requests[-1]["stream"] is False and "Latest message: How does that compare to Q2?" in \
+            fake.requests[-1]["messages"][-1]["content"]
+        fake.rewrite = "x" * 2000  # unusable: the rule takes over
+        assert await Rewriter(client).standalone("and the profit?", history) == "profit Q3 revenue"
+        # no history: no LLM call at all
+        before = len(fake.requests)
+        assert await Rewriter(client).standalone("What is our Q3 revenue?", []) == "What is our Q3 revenue?"
+        assert len(fake.requests) == before
+        await client.close()

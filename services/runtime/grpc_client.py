@@ -17,6 +17,8 @@ DOCENT_SERVICES = ("docent.v1.IngestService", "docent.v1.RetrievalService", "doc
 # Retries only on UNAVAILABLE (connection refused / restarting server): those calls never reached
 # a handler, so retrying cannot double-apply anything.
 _SERVICE_CONFIG = json.dumps({
+    # spreads calls over every address a dns:/// target resolves to (a headless Service's pods)
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [{
         "name": [{"service": name} for name in DOCENT_SERVICES],
         "retryPolicy": {

@@ -39,6 +39,10 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Clients re-resolve DNS only when a connection ends: recycling connections lets pods added by a
+    # scale-up receive traffic. The long grace lets streams (WatchDocument, StreamChat) finish.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 3_600_000),
 ]
 
 _identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("docent_identity", default=None)

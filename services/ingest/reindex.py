@@ -65,7 +65,8 @@ async def _reindex(settings: Settings) -> int:
                           pages_done = 0, chunks_done = 0, lease_until = NULL, enqueued_at = NULL,
                           indexed_at = NULL, updated_at = now()
                    WHERE status <> 'failed' RETURNING id""")
-            turns = await conn.execute("UPDATE chat_turns SET vector_id = NULL, memory_indexed_at = NULL")
+            turns = await conn.execute(
+                "UPDATE chat_turns SET vector_id = NULL, memory_indexed_at = NULL, memory_sweeps = 0")
     finally:
         await conn.close()
     enqueued = 0

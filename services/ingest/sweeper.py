@@ -26,6 +26,7 @@ log = structlog.get_logger("docent.sweeper")
 SWEEP_LOCK_KEY = 0x737765657065  # "sweepe"
 INDEX_CHAT_TURN = "index_chat_turn"
 PROCESS_DOCUMENT = "process_document"
+MAX_MEMORY_SWEEPS = 6
 
 
 async def sweep_once(settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer) -> dict[str, int]:
@@ -56,10 +57,16 @@ async def sweep_once(settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer)
                 task_id = await enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(row["id"]))
                 await conn.execute("UPDATE documents SET task_id = $2 WHERE id = $1", row["id"], task_id)
             counts["requeued"] = len(pending)
+            # each sweep waits longer before trying a turn again (stale_after × 2^sweeps), and gives up
+            # after MAX_MEMORY_SWEEPS: a turn that always fails must not be retried forever
             turns = await conn.fetch(
-                """SELECT id FROM chat_turns WHERE memory_indexed_at IS NULL
-                   AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT 500""",
-                stale_after)
+                """UPDATE chat_turns SET memory_sweeps = memory_sweeps + 1
+                   WHERE id IN (SELECT id FROM chat_turns WHERE memory_indexed_at IS NULL
+                                AND memory_sweeps < $2
+                                AND created_at < now() - make_interval(secs => $1 * (1 << memory_sweeps))
+                                ORDER BY created_at LIMIT 500)
+                   RETURNING id""",
+                stale_after, MAX_MEMORY_SWEEPS)
             for row in turns:
                 await enqueuer.enqueue(MEMORY_QUEUE, INDEX_CHAT_TURN, str(row["id"]))
             counts["turns"] = len(turns)

@@ -1,0 +1,100 @@
+"""The sweeper against real Postgres and Redis: lost messages, dead workers, unindexed chat turns."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from services.ingest.sweeper import MAX_MEMORY_SWEEPS, sweep_once
+from services.runtime import db
+from services.runtime.queue import Enqueuer, queue_stats
+from tests.conftest import create_database, make_settings
+
+
+@pytest.fixture
+async def swept(backing):
+    url = await create_database(backing.database_url)
+    pool = await db.create_pool(url, max_size=2)
+    # a Redis database of its own: queue counts are asserted, other tests' workers use db 0
+    redis_url = backing.redis_url.replace("db=0", "db=7")
+    assert redis_url != backing.redis_url
+    enqueuer = Enqueuer(redis_url)
+    enqueuer.broker.flush_all()
+    settings = make_settings(backing, database_url=url, redis_url=redis_url, lease_seconds=5,
+                             sweep_interval_seconds=1, max_attempts=3)
+    try:
+        yield settings, pool, enqueuer
+    finally:
+        enqueuer.broker.flush_all()
+        enqueuer.close()
+        await pool.close()
+
+
+async def add_document(pool, status: str, *, attempts: int = 0, lease_age: str | None = None,
+                       enqueued_age: str | None = None) -> uuid.UUID:
+    ident = uuid.uuid4()
+    await pool.execute(
+        """INSERT INTO documents (id, user_id, filename, mime_type, file_size, sha256, status, attempts, lease_until,
+                                  enqueued_at)
+           VALUES ($1, 'u', 'f.txt', 'text/plain', 1, $2, $3, $4,
+                   CASE WHEN $5::text IS NULL THEN NULL ELSE now() - $5::interval END,
+                   CASE WHEN $6::text IS NULL THEN NULL ELSE now() - $6::interval END)""",
+        ident, ident.hex, status, attempts, lease_age, enqueued_age)
+    return ident
+
+
+async def status_of(pool, ident: uuid.UUID) -> tuple[str, str | None]:
+    row = await pool.fetchrow("SELECT status, error FROM documents WHERE id = $1", ident)
+    return row["status"], row["error"]
+
+
+async def test_expired_leases_are_recovered_or_failed_and_lost_messages_requeued(swept) -> None:
+    settings, pool, enqueuer = swept
+    dead_worker = await add_document(pool, "processing", attempts=1, lease_age="1 minute")
+    out_of_attempts = await add_document(pool, "processing", attempts=3, lease_age="1 minute")
+    alive = await add_document(pool, "processing", attempts=1, lease_age="-1 minute")  # lease still valid
+    lost_message = await add_document(pool, "pending", enqueued_age="1 minute")
+    never_enqueued = await add_document(pool, "pending")
+    requeued = (dead_worker, lost_message, never_enqueued)
+    just_enqueued = await add_document(pool, "pending", enqueued_age="0 seconds")
+
+    counts = await sweep_once(settings, pool, enqueuer)
+
+    assert counts["recovered"] == 1 and counts["failed"] == 1
+    assert await status_of(pool, dead_worker) == ("pending", "recovered after a lost worker")
+    status, error = await status_of(pool, out_of_attempts)
+    assert status == "failed" and "after 3 attempts" in error
+    assert (await status_of(pool, alive))[0] == "processing"
+    # re-enqueued: the recovered one, the lost message and the never-enqueued one; not the fresh one
+    assert counts["requeued"] == 3
+    assert await pool.fetchval("SELECT count(*) FROM documents WHERE id = ANY($1) AND task_id IS NOT NULL",
+                               list(requeued)) == 3
+    assert queue_stats(enqueuer.broker)["ingest"]["waiting"] == 3
+    assert await pool.fetchval("SELECT enqueued_at > now() - interval '5 seconds' FROM documents WHERE id = $1",
+                               just_enqueued)
+    # a second pass right away has nothing to do
+    assert await sweep_once(settings, pool, enqueuer) == {"requeued": 0, "recovered": 0, "failed": 0, "turns": 0}
+
+
+async def test_unindexed_chat_turns_are_requeued_with_backoff_then_given_up(swept) -> None:
+    settings, pool, enqueuer = swept
+    conversation = uuid.uuid4()
+    await pool.execute("INSERT INTO conversations (id, user_id, title) VALUES ($1, 'u', 't')", conversation)
+    turn = uuid.uuid4()
+    await pool.execute(
+        """INSERT INTO chat_turns (id, conversation_id, user_id, seq, query, standalone_query, answer, model,
+                                   created_at)
+           VALUES ($1, $2, 'u', 1, 'q', 'q', 'a', 'extractive', now() - interval '1 hour')""", turn, conversation)
+    fresh = uuid.uuid4()
+    await pool.execute(
+        """INSERT INTO chat_turns (id, conversation_id, user_id, seq, query, standalone_query, answer, model)
+           VALUES ($1, $2, 'u', 2, 'q', 'q', 'a', 'extractive')""", fresh, conversation)
+
+    assert (await sweep_once(settings, pool, enqueuer))["turns"] == 1  # the fresh one still has its message
+    assert queue_stats(enqueuer.broker)["memory"]["waiting"] == 1
+    # an hour old: backoff 5 s × 2^n stays below an hour until n = 10, so the cap decides
+    for _ in range(MAX_MEMORY_SWEEPS + 2):
+        await sweep_once(settings, pool, enqueuer)
+    assert await pool.fetchval("SELECT memory_sweeps FROM chat_turns WHERE id = $1", turn) == MAX_MEMORY_SWEEPS
+    assert queue_stats(enqueuer.broker)["memory"]["waiting"] == MAX_MEMORY_SWEEPS

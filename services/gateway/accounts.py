@@ -1,0 +1,229 @@
+"""Accounts: signup / signin / me / logout, and the bearer-token dependency of every other route.
+
+Passwords are hashed with argon2id (argon2-cffi, off the event loop). Tokens are the HS256 JWTs
+of services.runtime.auth, so the gateway forwards the user's own token to the gRPC services.
+Logout records the token id in `revoked_tokens`; the gateway refuses revoked tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from collections import OrderedDict, deque
+from typing import Annotated
+
+import asyncpg
+import jwt
+import structlog
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, EmailStr, Field, StringConstraints
+
+from services.gateway.errors import ApiError, unauthorized
+from services.gateway.state import Caller, GatewayState, get_state
+from services.runtime.auth import mint_token, verify_token
+from services.runtime.errors import Unauthenticated
+
+log = structlog.get_logger("docent.gateway.accounts")
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+bearer_scheme = HTTPBearer(auto_error=False, description="The access_token from /api/auth/signup or /signin")
+
+SIGNIN_MAX_FAILURES = 5
+SIGNIN_WINDOW_SECONDS = 60.0
+_hasher = PasswordHasher()
+
+
+class SigninLimiter:
+    """Per-account sliding window of failed sign-ins (in this gateway process)."""
+
+    def __init__(self, max_failures: int = SIGNIN_MAX_FAILURES, window: float = SIGNIN_WINDOW_SECONDS,
+                 max_accounts: int = 100_000) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_accounts = max_accounts
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        failures = self._failures.get(key)
+        if failures is None:
+            return deque()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[key]
+        return failures
+
+    def retry_after(self, key: str, now: float | None = None) -> int:
+        """Seconds until `key` may try again; 0 when it is not blocked."""
+        now = time.monotonic() if now is None else now
+        failures = self._recent(key, now)
+        if len(failures) < self.max_failures:
+            return 0
+        return max(1, int(failures[-self.max_failures] + self.window - now + 0.999))
+
+    def failed(self, key: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        failures = self._recent(key, now)
+        if not failures:
+            self._failures[key] = failures
+        failures.append(now)
+        self._failures.move_to_end(key)
+        while len(self._failures) > self.max_accounts:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+Username = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+
+
+class SignupRequest(BaseModel):
+    email: EmailStr
+    username: Username
+    password: Password
+
+
+class SigninRequest(BaseModel):
+    email: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=320)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    username: str
+    created_at: dt.datetime
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="seconds until the token expires")
+    user: UserOut
+
+
+class MessageOut(BaseModel):
+    message: str
+
+
+def _user_out(row: asyncpg.Record) -> UserOut:
+    return UserOut(id=str(row["id"]), email=row["email"], username=row["username"], created_at=row["created_at"])
+
+
+def _token_out(state: GatewayState, row: asyncpg.Record) -> TokenOut:
+    ttl = state.settings.jwt_ttl_minutes * 60
+    return TokenOut(access_token=mint_token(state.secret, str(row["id"]), ttl), expires_in=ttl, user=_user_out(row))
+
+
+_DUMMY_HASH: str | None = None
+
+
+def _dummy_hash() -> str:
+    """A hash to verify against when the email is unknown, so timing does not reveal accounts."""
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = _hasher.hash(uuid.uuid4().hex)
+    return _DUMMY_HASH
+
+
+def _verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+async def current_caller(request: Request,
+                         credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> Caller:
+    """The bearer token's user. `?access_token=` is accepted on SSE GETs (EventSource sends no headers)."""
+    state = get_state(request)
+    token = credentials.credentials if credentials else None
+    if token is None and request.method == "GET" and request.url.path.endswith("/events"):
+        token = request.query_params.get("access_token")
+    if not token:
+        raise unauthorized("Not authenticated", "TOKEN_MISSING")
+    try:
+        identity = verify_token(state.secret, token)
+    except Unauthenticated as error:
+        raise unauthorized("Token expired" if error.reason == "TOKEN_EXPIRED" else "Invalid token",
+                           error.reason) from None
+    if identity.token_id and await state.db().fetchval(
+            "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE token_id = $1)", identity.token_id):
+        raise unauthorized("Token revoked", "TOKEN_REVOKED")
+    return Caller(user_id=identity.user_id, token=token, token_id=identity.token_id)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+StateDep = Annotated[GatewayState, Depends(get_state)]
+
+
+@router.post("/signup", status_code=status.HTTP_201_CREATED, response_model=TokenOut,
+             responses={409: {"description": "email already registered"}})
+async def signup(body: SignupRequest, state: StateDep) -> TokenOut:
+    pool = state.db()
+    email = str(body.email)
+    if await pool.fetchval("SELECT 1 FROM users WHERE lower(email) = lower($1)", email):
+        raise ApiError(409, "Email already registered", "EMAIL_TAKEN")
+    password_hash = await asyncio.to_thread(_hasher.hash, body.password)
+    row = await pool.fetchrow(
+        """INSERT INTO users (id, email, username, password_hash) VALUES ($1, $2, $3, $4)
+           ON CONFLICT DO NOTHING RETURNING id, email, username, created_at""",
+        uuid.uuid4(), email, body.username, password_hash)
+    if row is None:  # a concurrent signup with the same email won
+        raise ApiError(409, "Email already registered", "EMAIL_TAKEN")
+    log.info("user_signed_up", user_id=str(row["id"]))
+    return _token_out(state, row)
+
+
+@router.post("/signin", response_model=TokenOut,
+             responses={401: {"description": "bad credentials"}, 429: {"description": "too many failed attempts"}})
+async def signin(body: SigninRequest, request: Request, state: StateDep) -> TokenOut:
+    limiter: SigninLimiter = request.app.state.signin_limiter
+    key = body.email.lower()
+    wait = limiter.retry_after(key)
+    if wait:
+        raise ApiError(429, f"Too many failed sign-in attempts; try again in {wait} s", "SIGNIN_RATE_LIMITED",
+                       {"Retry-After": str(wait)})
+    row = await state.db().fetchrow(
+        "SELECT id, email, username, created_at, password_hash FROM users WHERE lower(email) = lower($1)", body.email)
+    ok = await asyncio.to_thread(_verify_password, row["password_hash"] if row else None, body.password)
+    if not ok or row is None:
+        limiter.failed(key)
+        raise unauthorized("Incorrect email or password", "BAD_CREDENTIALS")
+    limiter.succeeded(key)
+    if _hasher.check_needs_rehash(row["password_hash"]):
+        new_hash = await asyncio.to_thread(_hasher.hash, body.password)
+        await state.db().execute("UPDATE users SET password_hash = $2 WHERE id = $1", row["id"], new_hash)
+    return _token_out(state, row)
+
+
+@router.get("/me", response_model=UserOut)
+async def me(caller: CallerDep, state: StateDep) -> UserOut:
+    try:
+        user_id = uuid.UUID(caller.user_id)
+    except ValueError:
+        raise unauthorized("No account for this token", "USER_NOT_FOUND") from None
+    row = await state.db().fetchrow("SELECT id, email, username, created_at FROM users WHERE id = $1", user_id)
+    if row is None:
+        raise unauthorized("No account for this token", "USER_NOT_FOUND")
+    return _user_out(row)
+
+
+@router.post("/logout", response_model=MessageOut)
+async def logout(caller: CallerDep, state: StateDep) -> MessageOut:
+    claims = jwt.decode(caller.token, options={"verify_signature": False})  # verified by current_caller
+    expires = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
+    pool = state.db()
+    if caller.token_id:
+        await pool.execute(
+            "INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            caller.token_id, expires)
+    # revocations of expired tokens are moot: keep the table small
+    await pool.execute("DELETE FROM revoked_tokens WHERE expires_at < now() - interval '1 minute'")
+    return MessageOut(message="Successfully logged out")

@@ -1,0 +1,129 @@
+"""Documents: the seed's /api/upload/ endpoints, plus live progress over SSE.
+
+Uploads are read from the (disk-spooled) multipart file in chunks straight into the client-streaming
+IngestService.UploadDocument call, so the gateway never holds a whole file in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Query, Response, UploadFile, status
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from docent.v1 import ingest_pb2
+from services.gateway.accounts import CallerDep, StateDep
+from services.gateway.schemas import (
+    TERMINAL,
+    DocumentOut,
+    DocumentStatusOut,
+    document_json,
+    status_json,
+)
+from services.gateway.sse import event, open_stream, relay, sse_response
+from services.gateway.state import WATCH_TIMEOUT_SECONDS
+
+router = APIRouter(prefix="/api/upload", tags=["documents"])
+UPLOAD_CHUNK_BYTES = 256 * 1024
+LIST_PAGE_SIZE = 100
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, invalid, expired or revoked token"},
+    404: {"description": "no such document for this user"},
+}
+
+
+async def _upload_messages(file: UploadFile) -> AsyncIterator[ingest_pb2.UploadDocumentRequest]:
+    yield ingest_pb2.UploadDocumentRequest(metadata=ingest_pb2.UploadMetadata(
+        filename=file.filename or "", content_type=file.content_type or ""))
+    while chunk := await file.read(UPLOAD_CHUNK_BYTES):
+        yield ingest_pb2.UploadDocumentRequest(chunk=chunk)
+
+
+@router.post("/", status_code=status.HTTP_202_ACCEPTED, response_model=DocumentOut,
+             responses={**_ERRORS, 400: {"description": "empty or unreadable file"},
+                        413: {"description": "larger than DOCENT_MAX_UPLOAD_BYTES"},
+                        415: {"description": "unsupported file type"}})
+async def upload(caller: CallerDep, state: StateDep,
+                 file: Annotated[UploadFile, File(description="the document (PDF, DOCX, TXT, MD, CSV, JSON)")]
+                 ) -> JSONResponse:
+    """Store the file and queue its processing; returns at once (202) with status `pending`."""
+    assert state.ingest is not None
+    reply = await state.ingest.UploadDocument(_upload_messages(file), **state.options(caller))
+    body = document_json(reply.document)
+    body["deduplicated"] = reply.deduplicated
+    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED)
+
+
+@router.get("/", response_model=list[DocumentOut], responses=_ERRORS)
+async def list_documents(caller: CallerDep, state: StateDep, response: Response,
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> list[dict[str, Any]]:
+    """The caller's documents, newest first (total in the `X-Total-Count` header)."""
+    assert state.ingest is not None
+    documents: list[dict[str, Any]] = []
+    token = ""
+    total = 0
+    while len(documents) < limit:
+        page = await state.ingest.ListDocuments(
+            ingest_pb2.ListDocumentsRequest(page_size=min(LIST_PAGE_SIZE, limit - len(documents)), page_token=token),
+            **state.options(caller))
+        documents.extend(document_json(document) for document in page.documents)
+        total = page.total_size
+        token = page.next_page_token
+        if not token:
+            break
+    response.headers["X-Total-Count"] = str(total)
+    return documents
+
+
+@router.get("/{document_id}", response_model=DocumentOut, responses=_ERRORS)
+async def get_document(document_id: str, caller: CallerDep, state: StateDep) -> dict[str, Any]:
+    assert state.ingest is not None
+    document = await state.ingest.GetDocument(ingest_pb2.GetDocumentRequest(document_id=document_id),
+                                              **state.options(caller))
+    return document_json(document)
+
+
+@router.get("/{document_id}/status", response_model=DocumentStatusOut, responses=_ERRORS)
+async def document_status(document_id: str, caller: CallerDep, state: StateDep) -> dict[str, Any]:
+    """Status with the seed's `task` block and the worker's progress (stage, pages, chunks)."""
+    assert state.ingest is not None
+    document = await state.ingest.GetDocument(ingest_pb2.GetDocumentRequest(document_id=document_id),
+                                              **state.options(caller))
+    return status_json(document)
+
+
+@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
+async def delete_document(document_id: str, caller: CallerDep, state: StateDep) -> Response:
+    """Remove the document, its stored bytes and its chunks in the vector store."""
+    assert state.ingest is not None
+    await state.ingest.DeleteDocument(ingest_pb2.DeleteDocumentRequest(document_id=document_id),
+                                      **state.options(caller))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _progress_frames(message: ingest_pb2.WatchDocumentResponse) -> Iterable[bytes]:
+    body = status_json(message.document)
+    body["document"] = document_json(message.document)
+    stamp = message.event_time
+    event_id = f"{stamp.seconds}{stamp.nanos // 1_000_000:03d}" if stamp.seconds else None
+    yield event("progress", body, event_id)
+    if body["status"] in TERMINAL:
+        yield event("done", body, event_id)
+
+
+@router.get("/{document_id}/events", response_class=StreamingResponse,
+            responses={**_ERRORS, 200: {"content": {"text/event-stream": {}},
+                                        "description": "`progress` events (the status JSON with a `document`), "
+                                                       "then `done` at completed/failed; `error` on failure"}})
+async def document_events(document_id: str, caller: CallerDep, state: StateDep) -> StreamingResponse:
+    """Live progress as server-sent events, from the current state until completed or failed.
+
+    Browsers' EventSource cannot send headers: `?access_token=` is accepted here instead.
+    """
+    assert state.ingest is not None
+    call = state.ingest.WatchDocument(ingest_pb2.WatchDocumentRequest(document_id=document_id),
+                                      **state.options(caller, WATCH_TIMEOUT_SECONDS))
+    first = await open_stream(call)
+    return sse_response(relay(call, first, _progress_frames))

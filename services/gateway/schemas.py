@@ -1,0 +1,282 @@
+"""REST shapes (the seed's field names) and their conversion from the docent.v1 messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from google.protobuf import timestamp_pb2
+from pydantic import BaseModel, Field
+
+from docent.v1 import chat_pb2, ingest_pb2, retrieval_pb2
+
+STATUS_NAMES = {
+    ingest_pb2.DOCUMENT_STATUS_PENDING: "pending",
+    ingest_pb2.DOCUMENT_STATUS_PROCESSING: "processing",
+    ingest_pb2.DOCUMENT_STATUS_COMPLETED: "completed",
+    ingest_pb2.DOCUMENT_STATUS_FAILED: "failed",
+}
+TERMINAL = frozenset({"completed", "failed"})
+# Celery-style task states, as the seed reported them
+TASK_STATES = {"pending": "PENDING", "processing": "STARTED", "completed": "SUCCESS", "failed": "FAILURE"}
+SOURCE_NAMES = {retrieval_pb2.SEARCH_SOURCE_DOCUMENTS: "documents",
+                retrieval_pb2.SEARCH_SOURCE_CHAT_HISTORY: "chat_history"}
+MODES = {"dense": retrieval_pb2.SEARCH_MODE_DENSE, "hybrid": retrieval_pb2.SEARCH_MODE_HYBRID}
+
+
+def iso(stamp: timestamp_pb2.Timestamp) -> str | None:
+    if not stamp.seconds and not stamp.nanos:
+        return None
+    return stamp.ToDatetime(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+# documents -------------------------------------------------------------------------------------
+
+class Progress(BaseModel):
+    stage: str
+    pages_done: int
+    pages_total: int
+    chunks_done: int
+    chunks_total: int
+    attempts: int
+    percent: int = Field(description="0-100, an estimate over the stages")
+    message: str
+
+
+class DocumentOut(BaseModel):
+    id: str
+    user_id: str
+    filename: str
+    file_size: int
+    mime_type: str
+    vector_collection_id: str | None = Field(description="null until the document is searchable")
+    processing_status: Literal["pending", "processing", "completed", "failed"]
+    processing_error: str | None
+    task_id: str | None
+    uploaded_at: str | None
+    updated_at: str | None = None
+    indexed_at: str | None = None
+    page_count: int = 0
+    chunk_count: int = 0
+    sha256: str = ""
+    progress: Progress | None = None
+    deduplicated: bool | None = Field(None, description="upload only: the same bytes were already uploaded")
+
+
+class TaskInfo(BaseModel):
+    status: str
+    stage: str
+    percent: int
+
+
+class Task(BaseModel):
+    task_id: str | None
+    task_state: str
+    task_info: TaskInfo
+
+
+class DocumentStatusOut(BaseModel):
+    document_id: str
+    filename: str
+    status: Literal["pending", "processing", "completed", "failed"]
+    error: str | None
+    task: Task
+    progress: Progress
+    vector_collection_id: str | None
+    page_count: int
+    chunk_count: int
+
+
+def _percent(status: str, progress: ingest_pb2.DocumentProgress) -> int:
+    if status == "completed":
+        return 100
+    stage = progress.stage
+    if stage == "parsing" and progress.pages_total:
+        return 5 + int(35 * progress.pages_done / progress.pages_total)
+    if stage == "chunking":
+        return 42
+    if stage == "embedding" and progress.chunks_total:
+        return 45 + int(50 * progress.chunks_done / progress.chunks_total)
+    return {"queued": 2, "parsing": 5, "embedding": 45, "indexing": 96}.get(stage, 0)
+
+
+def _message(status: str, document: ingest_pb2.Document) -> str:
+    progress = document.progress
+    if status == "failed":
+        return f"Failed: {document.error}" if document.error else "Failed"
+    if status == "completed":
+        return f"Indexed {document.chunk_count} chunks from {document.page_count} pages"
+    stage = progress.stage or "queued"
+    if stage == "parsing" and progress.pages_total:
+        return f"Parsing page {progress.pages_done} of {progress.pages_total}"
+    if stage == "embedding" and progress.chunks_total:
+        return f"Embedding chunk {progress.chunks_done} of {progress.chunks_total}"
+    return {"queued": "Queued", "chunking": "Chunking", "indexing": "Indexing"}.get(stage, stage.capitalize())
+
+
+def progress_json(document: ingest_pb2.Document) -> dict[str, Any]:
+    status = STATUS_NAMES.get(document.status, "pending")
+    p = document.progress
+    return {"stage": p.stage or "queued", "pages_done": p.pages_done, "pages_total": p.pages_total,
+            "chunks_done": p.chunks_done, "chunks_total": p.chunks_total, "attempts": p.attempts,
+            "percent": _percent(status, p), "message": _message(status, document)}
+
+
+def document_json(document: ingest_pb2.Document) -> dict[str, Any]:
+    return {
+        "id": document.id, "user_id": document.user_id, "filename": document.filename,
+        "file_size": document.file_size, "mime_type": document.mime_type,
+        "vector_collection_id": document.vector_collection or None,
+        "processing_status": STATUS_NAMES.get(document.status, "pending"),
+        "processing_error": document.error or None, "task_id": document.task_id or None,
+        "uploaded_at": iso(document.create_time), "updated_at": iso(document.update_time),
+        "indexed_at": iso(document.index_time), "page_count": document.page_count,
+        "chunk_count": document.chunk_count, "sha256": document.sha256, "progress": progress_json(document),
+    }
+
+
+def status_json(document: ingest_pb2.Document) -> dict[str, Any]:
+    status = STATUS_NAMES.get(document.status, "pending")
+    progress = progress_json(document)
+    return {
+        "document_id": document.id, "filename": document.filename, "status": status,
+        "error": document.error or None,
+        "task": {"task_id": document.task_id or None, "task_state": TASK_STATES[status],
+                 "task_info": {"status": progress["message"], "stage": progress["stage"],
+                               "percent": progress["percent"]}},
+        "progress": progress, "vector_collection_id": document.vector_collection or None,
+        "page_count": document.page_count, "chunk_count": document.chunk_count,
+    }
+
+
+# chat --------------------------------------------------------------------------------------------
+
+class Weights(BaseModel):
+    documents: float | None = Field(None, ge=0, le=1)
+    chat_history: float | None = Field(None, ge=0, le=1)
+
+
+class ChatIn(BaseModel):
+    query: str = Field(min_length=1, max_length=4000)
+    conversation_id: str | None = None
+    explain: bool = Field(False, description="include the merged retrieval context (source, score, weight, rank)")
+    weights: Weights | None = None
+    top_k: int | None = Field(None, ge=1, le=100)
+    document_ids: list[str] | None = Field(None, max_length=100)
+    mode: Literal["dense", "hybrid"] | None = None
+
+
+class SourceOut(BaseModel):
+    document_id: str
+    filename: str
+    chunk_index: int
+    relevance_score: float
+    page_start: int
+    page_end: int
+    snippet: str
+    marker: int
+
+
+class ContextItem(BaseModel):
+    rank: int
+    source: Literal["documents", "chat_history"]
+    score: float
+    weight: float
+    weighted_score: float
+    source_rank: int
+    text: str
+    document: dict[str, Any] | None = None
+    chat_turn: dict[str, Any] | None = None
+
+
+class ChatOut(BaseModel):
+    answer: str
+    sources: list[SourceOut]
+    conversation_id: str
+    chat_context_used: bool
+    turn_id: str
+    query: str
+    standalone_query: str
+    model: str
+    created_at: str | None
+    timings: dict[str, float]
+    memory_indexed: bool = False
+    context: list[ContextItem] | None = None
+
+
+class ConversationOut(BaseModel):
+    id: str
+    title: str
+    turn_count: int
+    created_at: str | None
+    updated_at: str | None
+    turns: list[ChatOut] | None = None
+
+
+class ConversationList(BaseModel):
+    conversations: list[ConversationOut]
+    next_page_token: str | None
+
+
+def chat_request(body: ChatIn) -> tuple[str, chat_pb2.ChatOptions]:
+    options = chat_pb2.ChatOptions(conversation_id=body.conversation_id or "", top_k=body.top_k or 0,
+                                   document_ids=body.document_ids or [])
+    if body.weights is not None:
+        if body.weights.documents is not None:
+            options.weights.documents = body.weights.documents
+        if body.weights.chat_history is not None:
+            options.weights.chat_history = body.weights.chat_history
+    if body.mode:
+        options.mode = MODES[body.mode]
+    return body.query, options
+
+
+def source_json(citation: chat_pb2.Citation) -> dict[str, Any]:
+    return {"document_id": citation.document_id, "filename": citation.filename,
+            "chunk_index": citation.chunk_index, "relevance_score": round(citation.relevance_score, 6),
+            "page_start": citation.page_start, "page_end": citation.page_end, "snippet": citation.snippet,
+            "marker": citation.marker}
+
+
+def context_json(result: retrieval_pb2.SearchResult) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "rank": result.rank, "source": SOURCE_NAMES.get(result.source, "documents"),
+        "score": round(result.score, 6), "weight": round(result.weight, 6),
+        "weighted_score": round(result.weighted_score, 6), "source_rank": result.source_rank, "text": result.text,
+    }
+    if result.HasField("document"):
+        hit = result.document
+        item["document"] = {"document_id": hit.document_id, "filename": hit.filename, "chunk_index": hit.chunk_index,
+                            "page_start": hit.page_start, "page_end": hit.page_end}
+    elif result.HasField("chat_turn"):
+        hit = result.chat_turn
+        item["chat_turn"] = {"turn_id": hit.turn_id, "conversation_id": hit.conversation_id,
+                             "created_at": iso(hit.create_time), "user_message": hit.user_message,
+                             "assistant_message": hit.assistant_message}
+    return item
+
+
+def turn_json(turn: chat_pb2.ChatTurn, explain: bool = False) -> dict[str, Any]:
+    timings = turn.timings
+    body: dict[str, Any] = {
+        "answer": turn.answer, "sources": [source_json(c) for c in turn.sources],
+        "conversation_id": turn.conversation_id, "chat_context_used": turn.chat_context_used,
+        "turn_id": turn.id, "query": turn.query, "standalone_query": turn.standalone_query, "model": turn.model,
+        "created_at": iso(turn.create_time),
+        "timings": {"retrieval_ms": timings.retrieval_ms, "answer_ms": timings.answer_ms,
+                    "storage_ms": timings.storage_ms, "total_ms": timings.total_ms},
+        "memory_indexed": turn.memory_indexed,
+    }
+    if explain:
+        body["context"] = [context_json(result) for result in turn.context]
+    return body
+
+
+def conversation_json(conversation: chat_pb2.Conversation, with_turns: bool = False,
+                      explain: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": conversation.id, "title": conversation.title,
+                            "turn_count": conversation.turn_count, "created_at": iso(conversation.create_time),
+                            "updated_at": iso(conversation.update_time)}
+    if with_turns:
+        body["turns"] = [turn_json(turn, explain) for turn in conversation.turns]
+    return body

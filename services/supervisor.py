@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import os
 import signal
 import sys
@@ -26,17 +25,13 @@ from services.runtime.auth import jwt_secret
 from services.runtime.config import Settings, load_settings
 from services.runtime.db import migrate
 from services.runtime.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis
+from services.runtime.lifecycle import die_with_parent
 from services.runtime.logging import configure_logging
 
 START_ORDER = ("retrieval", "ingest", "chat", "worker", "gateway")
 GRPC_ROLES = {"ingest": "docent.v1.IngestService", "retrieval": "docent.v1.RetrievalService",
               "chat": "docent.v1.ChatService"}
 HEALTH_TIMEOUT_SECONDS = 120
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _say(message: str) -> None:
@@ -101,7 +96,7 @@ class Supervisor:
         child = Child(role, self._argv(role))
         child.process = await asyncio.create_subprocess_exec(
             *child.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL, env=self.env, preexec_fn=_die_with_parent,
+            stdin=asyncio.subprocess.DEVNULL, env=self.env, preexec_fn=die_with_parent,
             start_new_session=True,
         )
         child.pump = asyncio.create_task(self._pump(child))

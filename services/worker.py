@@ -6,12 +6,21 @@ imported, because Dramatiq binds actors to the global broker at declaration time
 
 from __future__ import annotations
 
+import signal
+
 import dramatiq
 from dramatiq.middleware import AsyncIO, CurrentMessage, default_middleware
 
 from services.runtime.config import load_settings
+from services.runtime.lifecycle import die_with_parent
 from services.runtime.logging import configure_logging
 from services.runtime.queue import create_broker
+
+# Each Dramatiq worker process imports this module: tie it to the Dramatiq master, so a master
+# killed outright (kill -9, or `docent up` SIGKILLed) leaves no worker process behind. SIGKILL,
+# because Dramatiq's graceful stop hangs once the master's log pipe is gone; the document leases
+# and the sweeper recover whatever was in flight.
+die_with_parent(signal.SIGKILL)
 
 settings = load_settings()
 configure_logging(settings.log_level, settings.log_format, service="worker")

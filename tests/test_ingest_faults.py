@@ -10,6 +10,7 @@ import time
 import uuid
 
 import grpc
+import psutil
 
 from docent.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest.app import IngestApp
@@ -20,7 +21,7 @@ from services.retrieval.app import RetrievalApp
 from services.runtime.embedded import EmbeddedRedis
 from services.runtime.embeddings import Tokenizer
 from tests.conftest import create_database, free_port, make_data_dir, make_settings, running_service
-from tests.ingest_harness import IngestStack, ingest_stack, running_retrieval
+from tests.ingest_harness import IngestStack, WorkerProcess, ingest_stack, running_retrieval
 
 COMPLETED = ingest_pb2.DOCUMENT_STATUS_COMPLETED
 FAULT_SETTINGS = {"lease_seconds": 5, "sweep_interval_seconds": 1, "max_attempts": 5}
@@ -151,3 +152,25 @@ async def test_retrieval_down_while_indexing_is_retried_until_it_returns(backing
             worker.stop()
     with contextlib.suppress(Exception):
         await retrieval_app.close()
+
+
+async def test_worker_processes_die_with_a_kill_9ed_dramatiq_master(backing) -> None:
+    settings = make_settings(backing, **FAULT_SETTINGS)
+    worker = WorkerProcess(settings, settings.data_dir / "lifecycle.log").start()
+    assert worker.process is not None
+    master = psutil.Process(worker.process.pid)
+    try:
+        deadline = time.monotonic() + 60
+        while len(master.children()) < 2:  # the worker process and the sweeper
+            assert time.monotonic() < deadline, worker.output()[-3000:]
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)
+        children = master.children(recursive=True)
+        master.kill()
+        worker.process.wait(10)
+        deadline = time.monotonic() + 15
+        while any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children):
+            assert time.monotonic() < deadline, "orphaned worker processes survived their master"
+            await asyncio.sleep(0.2)
+    finally:
+        worker.stop()

@@ -19,6 +19,7 @@ import structlog
 
 from services.runtime import metrics
 from services.runtime.config import Settings, load_settings
+from services.runtime.lifecycle import die_with_parent
 from services.runtime.logging import configure_logging
 from services.runtime.queue import INGEST_QUEUE, MEMORY_QUEUE, Enqueuer, queue_stats
 
@@ -100,6 +101,7 @@ async def _sweep_forever(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def run_sweeper() -> int:
+    die_with_parent(signal.SIGKILL)  # forked by the Dramatiq master: never outlive it (see services.worker)
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format, service="sweeper")
     if settings.worker_metrics_port:

@@ -10,7 +10,6 @@ Postgres refuses to run as root; as root we run it as a dedicated system user (c
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib.util
 import os
@@ -24,23 +23,18 @@ from pathlib import Path
 
 import structlog
 
+from services.runtime.lifecycle import die_with_parent
+
 log = structlog.get_logger("docent.embedded")
 
 SUN_PATH_MAX = 107
 PG_PORT = 54329  # names the socket file only: Postgres listens on no TCP port
 PG_DATABASE = "docent"
 PG_SYSTEM_USER = "docent"
-_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedError(RuntimeError):
     """A backing service could not be started; the message says why and what to do."""
-
-
-def _die_with_parent(sig: int) -> None:
-    # Runs in the child after the uid change (the kernel clears PDEATHSIG on credential changes).
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -201,7 +195,7 @@ class EmbeddedPostgres:
              "-k", str(self.sockets), "-h", "", "-c", "logging_collector=off",
              "-c", "max_connections=200", "-c", "shared_buffers=128MB", "-c", "fsync=on"],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/",
-            preexec_fn=lambda: _die_with_parent(signal.SIGINT), start_new_session=True,
+            preexec_fn=lambda: die_with_parent(signal.SIGINT), start_new_session=True,
             **self._run_kwargs(user),  # type: ignore[arg-type]
         )
         log_file.close()
@@ -309,7 +303,7 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             [str(_redis_server_bin()), str(config)],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(self.redis_dir),
-            preexec_fn=lambda: _die_with_parent(signal.SIGTERM), start_new_session=True,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM), start_new_session=True,
         )
         log_file.close()
         client = redis.Redis(unix_socket_path=str(self.socket_path), socket_connect_timeout=0.5)

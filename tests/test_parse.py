@@ -321,3 +321,17 @@ def test_normalise():
 def test_parse_error_shape():
     error = ParseError("the PDF is password-protected", PDF_ENCRYPTED)
     assert (str(error), error.message, error.reason) == ("the PDF is password-protected", str(error), PDF_ENCRYPTED)
+
+
+def test_page_numbers_and_running_headers_are_dropped() -> None:
+    from services.ingest.parse import _RunningLines
+
+    pages = {page.number: page.text for page in iter_pages((DATA / "R-data_41p.pdf").read_bytes(),
+                                                             "application/pdf")}
+    assert pages[36].startswith("9 Reading Excel spreadsheets")  # was "32\n\n9 Reading Excel…"
+    assert pages[35].startswith("8 Network interfaces")
+    furniture = _RunningLines()
+    assert furniture.remove_from("Chapter 2: Spreadsheets 7\nFirst body line.\nSecond body line.").startswith("Chapter")
+    second = furniture.remove_from("Chapter 2: Spreadsheets 8\nOther body line.\nMore text.")
+    assert second == "Other body line.\nMore text."
+    assert furniture.remove_from("Page 3 of 9") == "Page 3 of 9"  # a page's only line is content

@@ -112,6 +112,39 @@ def _reflow(text: str) -> str:
     return "\n\n".join(paragraphs)
 
 
+_PAGE_NUMBER = re.compile(r"^(page\s+)?\d{1,4}(\s+of\s+\d{1,4})?$", re.IGNORECASE)
+_DIGITS = re.compile(r"\d+")
+
+
+class _RunningLines:
+    """Drops page furniture: bare page numbers, and headers/footers that repeat from page to page.
+
+    A first or last line whose shape (digits masked) was already a first or last line on an earlier
+    page is a running header or footer ("Chapter 3: Importing data 16"); the first time it is seen
+    it is kept, since one page cannot tell a header from a sentence.
+    """
+
+    MAX_LENGTH = 70  # running headers are short; a long repeated-shape line is more likely content
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def remove_from(self, text: str) -> str:
+        lines = text.split("\n")
+        for position in (0, -1):
+            while lines and not lines[position].strip():
+                lines.pop(position)
+            if len(lines) < 2:  # a page's only line is its content, whatever it looks like
+                break
+            line = lines[position].strip()
+            shape = _DIGITS.sub("#", line).lower()
+            if _PAGE_NUMBER.match(line) or (len(line) <= self.MAX_LENGTH and shape in self.seen):
+                lines.pop(position)
+            elif len(line) <= self.MAX_LENGTH:
+                self.seen.add(shape)
+        return "\n".join(lines)
+
+
 def _decode(data: bytes) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16", errors="replace")
@@ -243,6 +276,7 @@ def _pdf_pages(data: bytes) -> Iterator[Page]:
     with _PDFIUM_LOCK:
         document = _open_pdf(data)
     tables = _TableReader(data)
+    furniture = _RunningLines()
     found_text = False
     try:
         with _PDFIUM_LOCK:
@@ -255,7 +289,7 @@ def _pdf_pages(data: bytes) -> Iterator[Page]:
                 # one damaged page should not cost the rest of the document
                 log.info("pdf_page_unreadable", page=index + 1, error=str(error))
                 continue
-            text = _reflow(_LEADER_DOTS.sub(" … ", normalise(raw)))
+            text = _reflow(_LEADER_DOTS.sub(" … ", furniture.remove_from(normalise(raw))))
             if table_like:
                 rendered = tables.tables(index)
                 if rendered:

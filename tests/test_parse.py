@@ -324,7 +324,7 @@ def test_parse_error_shape():
 
 
 def test_page_numbers_and_running_headers_are_dropped() -> None:
-    from services.ingest.parse import _RunningLines
+    from services.ingest.parse_pdf import _RunningLines
 
     pages = {page.number: page.text for page in iter_pages((DATA / "R-data_41p.pdf").read_bytes(),
                                                              "application/pdf")}

@@ -1,8 +1,7 @@
 """Turn an upload into page-numbered text, one page at a time.
 
-PDF text comes from pdfium (fast, robust on damaged files); pdfplumber is only opened for pages
-with ruling lines, where it can recover table rows as "a | b | c". Other formats become one page.
-Every failure a user can cause is a ParseError with a stable reason and a message worth showing.
+PDFs go through services.ingest.parse_pdf; DOCX, CSV, JSON, TXT and MD become one page of text
+with their structure kept (headings, table rows, "header: value" rows, "path.to.key: value").
 """
 
 from __future__ import annotations
@@ -11,138 +10,36 @@ import csv
 import io
 import json
 import re
-import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
-
-import pypdfium2 as pdfium
-import pypdfium2.raw as pdfium_c
-import structlog
 
 from services.ingest.filetypes import CSV, DOCX, JSON, MD, PDF, TXT
-
-log = structlog.get_logger("docent.ingest.parse")
-
-PDF_ENCRYPTED = "PDF_ENCRYPTED"
-PDF_INVALID = "PDF_INVALID"
-NO_TEXT = "NO_TEXT"
-EMPTY_FILE = "EMPTY_FILE"
-DOCX_INVALID = "DOCX_INVALID"
-CSV_INVALID = "CSV_INVALID"
-JSON_INVALID = "JSON_INVALID"
-UNSUPPORTED_TYPE = "UNSUPPORTED_TYPE"
-
-ENCRYPTED_MESSAGE = "the PDF is password-protected"
-INVALID_PDF_MESSAGE = "not a valid PDF (the file is damaged, truncated or is not a PDF)"
-SCANNED_MESSAGE = "no extractable text (the document may be a scanned image; OCR is not available)"
-BLANK_MESSAGE = "no extractable text (the document is blank)"
-INVALID_DOCX_MESSAGE = "not a valid DOCX file (the file is damaged or is not a Word document)"
+from services.ingest.pages import (  # noqa: F401  (re-exported: callers import the parse API from here)
+    BLANK_MESSAGE,
+    CSV_INVALID,
+    DOCX_INVALID,
+    EMPTY_FILE,
+    INVALID_DOCX_MESSAGE,
+    JSON_INVALID,
+    NO_TEXT,
+    PDF_ENCRYPTED,
+    PDF_INVALID,
+    UNSUPPORTED_TYPE,
+    Page,
+    ParseError,
+    normalise,
+    render_table,
+)
+from services.ingest.parse_pdf import count_pdf_pages, pdf_pages
 
 # a zip bomb would otherwise be inflated into memory by python-docx
 MAX_DOCX_UNPACKED_BYTES = 256 * 1024 * 1024
-# A page whose vector paths have at least this many segments may hold a ruled table; above the
-# upper bound it is a drawing or chart, where pdfplumber is slow and finds no real table.
-TABLE_MIN_SEGMENTS = 8
-TABLE_MAX_SEGMENTS = 4000
-TABLE_CACHE_PAGES = 32
 CSV_SNIFF_CHARS = 16384
 
-# pdfium keeps global state and is not thread-safe, and Dramatiq runs several actor threads per process
-_PDFIUM_LOCK = threading.RLock()
 
-
-class ParseError(Exception):
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Page:
-    number: int  # 1-based; formats without pages are page 1
-    text: str
-
-
-# pdfium marks a hyphen it judged to be line-breaking with \x02; \xad is the Unicode soft hyphen
-_SOFT_HYPHEN_BREAK = re.compile(r"[\x02\xad\ufffe] *\n *")
-_HYPHEN_BREAK = re.compile(r"(?<=[a-z])- *\n *(?=[a-z])")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\x80-\x9f\xad\ufffe\uffff]")
-_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
-_AROUND_NEWLINE = re.compile(r" ?\n ?")
-_BLANK_LINES = re.compile(r"\n{3,}")
-# table-of-contents leaders ". . . . . 12" cost dozens of tokens per line and carry nothing
-_LEADER_DOTS = re.compile(r"(?: ?\.){4,} ?")
-
-
-def normalise(text: str) -> str:
-    """Join hyphenated line breaks, drop control characters, collapse spaces, keep paragraph breaks."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x0c", "\n\n")
-    text = _SOFT_HYPHEN_BREAK.sub("", text)
-    text = _HYPHEN_BREAK.sub("", text)
-    text = _CONTROL.sub("", text)
-    text = _SPACES.sub(" ", text)
-    text = _AROUND_NEWLINE.sub("\n", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
-
-
-def _reflow(text: str) -> str:
-    """Rebuild paragraphs from PDF lines: a line clearly shorter than the page's usual width ends one.
-
-    pdfium gives one line per printed line and no blank lines, so without this every sentence
-    that wraps would look like a paragraph break to the chunker.
-    """
-    lines = text.split("\n")
-    lengths = sorted(len(line) for line in lines if line)
-    if not lengths:
-        return ""
-    typical = lengths[min(len(lengths) - 1, int(len(lengths) * 0.8))]
-    short = typical * 0.6
-    paragraphs: list[str] = []
-    current = ""
-    for line in lines:
-        if line:
-            current = current + line if current.endswith("-") or not current else f"{current} {line}"
-        if current and (not line or len(line) < short):
-            paragraphs.append(current)
-            current = ""
-    if current:
-        paragraphs.append(current)
-    return "\n\n".join(paragraphs)
-
-
-_PAGE_NUMBER = re.compile(r"^(page\s+)?\d{1,4}(\s+of\s+\d{1,4})?$", re.IGNORECASE)
-_DIGITS = re.compile(r"\d+")
-
-
-class _RunningLines:
-    """Drops page furniture: bare page numbers, and headers/footers that repeat from page to page.
-
-    A first or last line whose shape (digits masked) was already a first or last line on an earlier
-    page is a running header or footer ("Chapter 3: Importing data 16"); the first time it is seen
-    it is kept, since one page cannot tell a header from a sentence.
-    """
-
-    MAX_LENGTH = 70  # running headers are short; a long repeated-shape line is more likely content
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-
-    def remove_from(self, text: str) -> str:
-        lines = text.split("\n")
-        for position in (0, -1):
-            while lines and not lines[position].strip():
-                lines.pop(position)
-            if len(lines) < 2:  # a page's only line is its content, whatever it looks like
-                break
-            line = lines[position].strip()
-            shape = _DIGITS.sub("#", line).lower()
-            if _PAGE_NUMBER.match(line) or (len(line) <= self.MAX_LENGTH and shape in self.seen):
-                lines.pop(position)
-            elif len(line) <= self.MAX_LENGTH:
-                self.seen.add(shape)
-        return "\n".join(lines)
+def count_pages(data: bytes, mime: str) -> int:
+    """Page count without extracting anything; raises ParseError for encrypted or unreadable PDFs."""
+    return count_pdf_pages(data) if mime == PDF else 1
 
 
 def _decode(data: bytes) -> str:
@@ -154,155 +51,6 @@ def _decode(data: bytes) -> str:
         # legacy 8-bit exports (Excel CSV, old notes) are almost always Windows-1252
         return data.decode("cp1252", errors="replace")
 
-
-def _open_pdf(data: bytes) -> pdfium.PdfDocument:
-    if not data:
-        raise ParseError("the file is empty", EMPTY_FILE)
-    try:
-        return pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as error:
-        if error.err_code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY) \
-                or "password" in str(error).lower():
-            raise ParseError(ENCRYPTED_MESSAGE, PDF_ENCRYPTED) from None
-        raise ParseError(INVALID_PDF_MESSAGE, PDF_INVALID) from None
-
-
-def count_pages(data: bytes, mime: str) -> int:
-    """Page count without extracting anything; raises ParseError for encrypted or unreadable PDFs."""
-    if mime != PDF:
-        return 1
-    with _PDFIUM_LOCK:
-        document = _open_pdf(data)
-        try:
-            pages = len(document)
-        finally:
-            document.close()
-    if pages == 0:
-        raise ParseError(INVALID_PDF_MESSAGE, PDF_INVALID)
-    return pages
-
-
-def _ruling_segments(page) -> int:
-    """Line segments drawn on the page, counted up to TABLE_MAX_SEGMENTS + 1."""
-    segments = 0
-    for position in range(pdfium_c.FPDFPage_CountObjects(page.raw)):
-        handle = pdfium_c.FPDFPage_GetObject(page.raw, position)
-        if pdfium_c.FPDFPageObj_GetType(handle) == pdfium_c.FPDF_PAGEOBJ_PATH:
-            segments += max(0, pdfium_c.FPDFPath_CountSegments(handle))
-            if segments > TABLE_MAX_SEGMENTS:
-                break
-    return segments
-
-
-def _read_pdfium_page(document, index: int) -> tuple[str, bool]:
-    page = document[index]
-    try:
-        textpage = page.get_textpage()
-        try:
-            text = textpage.get_text_bounded()
-        finally:
-            textpage.close()
-        segments = _ruling_segments(page)
-    finally:
-        page.close()
-    return text, TABLE_MIN_SEGMENTS <= segments <= TABLE_MAX_SEGMENTS
-
-
-def render_table(rows: list[list[object]]) -> str:
-    """Rows as "a | b | c" lines; a 1-column or 1-row "table" is just a framed box, not a table."""
-    lines = []
-    for row in rows:
-        cells = [" ".join(str(cell).split()) if cell is not None else "" for cell in row]
-        if any(cells):
-            lines.append(" | ".join(cells))
-    if len(lines) < 2 or max(len(row) for row in rows) < 2:
-        return ""
-    return "\n".join(lines)
-
-
-class _TableReader:
-    """pdfplumber, opened on the first page that needs it and walked forward one page at a time."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pdf = None
-        self._page_objects: Iterator | None = None
-        self._next_index = 0
-        self._pages_read = 0
-        self._broken = False
-
-    def tables(self, index: int) -> str:
-        if self._broken:
-            return ""
-        try:
-            import pdfplumber
-            from pdfminer.pdfpage import PDFPage
-
-            if self._pdf is None:
-                self._pdf = pdfplumber.open(io.BytesIO(self._data))
-                self._page_objects = PDFPage.create_pages(self._pdf.doc)
-            self._pages_read += 1
-            if self._pages_read % TABLE_CACHE_PAGES == 0:
-                # pdfminer caches every object it resolves; on a long document with tables on
-                # every page that would grow to the whole decompressed file
-                for cache in ("_cached_objs", "_parsed_objs"):
-                    getattr(self._pdf.doc, cache, {}).clear()
-            assert self._page_objects is not None
-            page_object = None
-            while self._next_index <= index:
-                page_object = next(self._page_objects)
-                self._next_index += 1
-            if page_object is None:
-                return ""
-            page = pdfplumber.page.Page(self._pdf, page_object, page_number=index + 1)
-            try:
-                found = page.extract_tables()
-            finally:
-                page.close()
-        except Exception as error:  # tables are a bonus: the pdfium text is already there
-            log.info("pdf_tables_skipped", page=index + 1, error=type(error).__name__)
-            self._broken = True
-            return ""
-        return "\n\n".join(rendered for rendered in map(render_table, found) if rendered)
-
-    def close(self) -> None:
-        # not PDF.close(): it builds every page object just to close them
-        if self._pdf is not None:
-            self._pdf.stream.close()
-            self._pdf = self._page_objects = None
-
-
-def _pdf_pages(data: bytes) -> Iterator[Page]:
-    with _PDFIUM_LOCK:
-        document = _open_pdf(data)
-    tables = _TableReader(data)
-    furniture = _RunningLines()
-    found_text = False
-    try:
-        with _PDFIUM_LOCK:
-            total = len(document)
-        for index in range(total):
-            try:
-                with _PDFIUM_LOCK:
-                    raw, table_like = _read_pdfium_page(document, index)
-            except pdfium.PdfiumError as error:
-                # one damaged page should not cost the rest of the document
-                log.info("pdf_page_unreadable", page=index + 1, error=str(error))
-                continue
-            text = _reflow(_LEADER_DOTS.sub(" … ", furniture.remove_from(normalise(raw))))
-            if table_like:
-                rendered = tables.tables(index)
-                if rendered:
-                    text = f"{text}\n\n{rendered}" if text else rendered
-            if text:
-                found_text = True
-                yield Page(index + 1, text)
-    finally:
-        tables.close()
-        with _PDFIUM_LOCK:
-            document.close()
-    if not found_text:
-        raise ParseError(SCANNED_MESSAGE, NO_TEXT)
 
 
 _HEADING_STYLE = re.compile(r"^heading (\d)$", re.IGNORECASE)
@@ -414,7 +162,7 @@ def _json_text(text: str) -> str:
 def iter_pages(data: bytes, mime: str) -> Iterator[Page]:
     """Yield pages with text in order, one at a time; raise ParseError (at the end for NO_TEXT)."""
     if mime == PDF:
-        yield from _pdf_pages(data)
+        yield from pdf_pages(data)
         return
     if not data:
         raise ParseError("the file is empty", EMPTY_FILE)

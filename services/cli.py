@@ -42,7 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("reindex", help="re-embed every document and chat turn (after changing the embedding model)")
 
     evaluate = sub.add_parser("eval", help="retrieval quality: recall@k and MRR, dense vs hybrid")
-    evaluate.add_argument("--set", dest="eval_set", default=None, help="evaluation set JSON")
+    evaluate.add_argument("--set", dest="eval_set", default=None, help="evaluation set JSON (default: bench/eval)")
+    evaluate.add_argument("--ingest-target", default=None, help="a running ingest service (default: start one)")
+    evaluate.add_argument("--retrieval-target", default=None, help="a running retrieval service")
+    evaluate.add_argument("--json", default=None, help="also write the report as JSON to this path")
 
     bench = sub.add_parser("bench", help="benchmarks against floors measured in the same run")
     bench.add_argument("--quick", action="store_true")

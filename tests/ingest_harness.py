@@ -98,6 +98,7 @@ class IngestStack:
     retrieval: retrieval_pb2_grpc.RetrievalServiceStub
     retrieval_app: RetrievalApp
     ingest_app: IngestApp
+    ingest_target: str = ""
 
     def worker(self, name: str = "worker", **env: str) -> WorkerProcess:
         return WorkerProcess(self.settings, self.settings.data_dir / f"{name}.log", **env)
@@ -146,7 +147,7 @@ async def ingest_stack(settings: Settings, embedder, retrieval_port: int | None 
                     grpc.aio.insecure_channel(settings.target("retrieval")) as retrieval_channel:
                 yield IngestStack(settings, ingest_pb2_grpc.IngestServiceStub(ingest_channel),
                                   retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel), retrieval_app,
-                                  ingest_app)
+                                  ingest_app, ingest_target)
 
 
 @contextlib.asynccontextmanager

@@ -47,11 +47,13 @@ test: setup ## run the test suite against real embedded Postgres/Redis/Qdrant-ed
 lint: setup ## ruff
 	$(VENV)/bin/ruff check services tests
 
-bench: setup ## benchmarks (not part of make test)
+bench: setup ## benchmarks against floors measured in the same run (not part of make test; < 30 min)
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(VENV)/bin/docent bench
 
-soak: setup ## bounded soak test (10 minutes by default)
-	$(VENV)/bin/docent bench --soak
+soak: setup ## bounded soak test (10 minutes by default; SOAK_MINUTES=N)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(VENV)/bin/docent bench --soak --soak-minutes $(or $(SOAK_MINUTES),10)
 
 llm-local: setup ## opt-in local LLM profile: llama.cpp server (xllamacpp) + SmolLM2-135M demo model
 	$(PY) -m pip install -q "xllamacpp==2026.10.11549"

@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks against floors measured in the same run")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--soak", action="store_true")
+    bench.add_argument("--soak", action="store_true", help="the bounded soak test instead")
+    bench.add_argument("--soak-minutes", type=float, default=None, help="soak length (default 10)")
+    bench.add_argument("--output", default=None, help="results directory (default bench/results)")
     return parser
 
 

@@ -178,3 +178,22 @@ async def test_reprocessing_with_fewer_chunks_leaves_no_stale_ones(retrieval) ->
     reply = await stub.Search(retrieval_pb2.SearchRequest(query="cafeteria lunch", top_k=20, min_score_documents=-1),
                               metadata=auth(user), timeout=30)
     assert sorted(r.document.chunk_index for r in reply.results) == [0, 1]
+
+
+async def test_concurrent_queries_share_model_calls_and_get_their_own_vectors(embedder) -> None:
+    import asyncio
+
+    import numpy as np
+
+    from services.retrieval.servicer import QueryEmbeddingCache
+
+    cache = QueryEmbeddingCache(embedder)
+    queries = [f"question number {number} about revenue" for number in range(24)]
+    results = await asyncio.gather(*(cache.get(query) for query in queries))
+    assert cache.model_calls < len(queries)  # batched while the model was busy
+    alone = embedder.embed(queries)
+    for (vector, cached), expected in zip(results, alone, strict=True):
+        assert not cached
+        assert np.allclose(vector, expected, atol=1e-3)
+    again, cached = await cache.get(queries[0])
+    assert cached and np.allclose(again, alone[0], atol=1e-3)

@@ -30,28 +30,59 @@ from services.runtime.grpc_server import current_user_id
 MAX_TOP_K = 100
 MAX_QUERY_CHARS = 4000
 CACHE_SIZE = 2048
+QUERY_BATCH = 16
 _SOURCE_TO_PB = {Source.DOCUMENTS: retrieval_pb2.SEARCH_SOURCE_DOCUMENTS,
                  Source.CHAT_HISTORY: retrieval_pb2.SEARCH_SOURCE_CHAT_HISTORY}
 
 
 class QueryEmbeddingCache:
-    """LRU of query embeddings: repeated questions skip the model."""
+    """Query embeddings: an LRU (repeated questions skip the model) in front of a micro-batcher.
 
-    def __init__(self, embedder: Embedder, size: int = CACHE_SIZE) -> None:
+    Queries that arrive while the model is busy are embedded together in the next call, so under
+    load one ONNX run serves many requests instead of each waiting for its own; a lone query is
+    embedded at once, with no timer to wait for.
+    """
+
+    def __init__(self, embedder: Embedder, size: int = CACHE_SIZE, max_batch: int = QUERY_BATCH) -> None:
         self._embedder = embedder
         self._size = size
+        self._max_batch = max_batch
         self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._waiting: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self.model_calls = 0
 
     async def get(self, text: str) -> tuple[np.ndarray, bool]:
         cached = self._entries.get(text)
         if cached is not None:
             self._entries.move_to_end(text)
             return cached, True
-        vector = (await asyncio.to_thread(self._embedder.embed, [text]))[0]
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._waiting.append((text, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        vector = await future
         self._entries[text] = vector
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
         return vector, False
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:self._max_batch], self._waiting[self._max_batch:]
+            texts = list(dict.fromkeys(text for text, _ in batch))
+            try:
+                self.model_calls += 1
+                vectors = await asyncio.to_thread(self._embedder.embed, texts)
+            except Exception as error:  # every request of the batch gets the failure
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            by_text = dict(zip(texts, vectors, strict=True))
+            for text, future in batch:
+                if not future.done():  # a cancelled request no longer waits
+                    future.set_result(by_text[text])
 
 
 def _require(value: str, name: str) -> str:

@@ -320,3 +320,44 @@ async def test_llm_unreachable_and_llm_rewrite() -> None:
         assert await Rewriter(client).standalone("What is our Q3 revenue?", []) == "What is our Q3 revenue?"
         assert len(fake.requests) == before
         await client.close()
+
+
+def test_real_follow_up_moves_to_the_new_subject_and_snippets_show_the_quote(embedder) -> None:
+    """On the real R manual: "And what about SPSS files?" after a Stata answer is about SPSS."""
+    import numpy as np
+
+    from services.ingest.chunk import chunk_pages
+    from services.ingest.parse import iter_pages
+    from services.runtime.embeddings import Tokenizer
+    from tests.conftest import TESTDATA
+
+    pages = iter_pages((TESTDATA / "R-data_41p.pdf").read_bytes(), "application/pdf")
+    chunks = list(chunk_pages(pages, Tokenizer.shared().count, max_tokens=200, overlap_tokens=30))
+    vectors = embedder.embed([chunk.text for chunk in chunks])
+
+    def retrieved(query: str) -> list[DocumentBlock]:
+        scores = vectors @ embedder.embed([query])[0]
+        best = np.argsort(-scores)[:7]
+        return [DocumentBlock(marker=rank + 1, text=chunks[index].text, score=float(scores[index]),
+                              document_id="r-data", filename="R-data_41p.pdf", chunk_index=chunks[index].index,
+                              page_start=chunks[index].page_start, page_end=chunks[index].page_end)
+                for rank, index in enumerate(best)]
+
+    first_question = "Which Stata file versions can R's read.dta and write.dta handle?"
+    first = AnswerRequest(query=first_question, standalone_query=first_question, documents=retrieved(first_question))
+    first_answer = answer_of(first)
+    assert "versions 5 up to 12 of Stata" in first_answer
+    stata_sentence = first_answer.rsplit(" [", 1)[0]
+    source = citations(first_answer, first.documents, all_when_uncited=False)[0]
+    assert stata_sentence in source.snippet  # the snippet shows the quoted passage, not the chunk's start
+    assert source.page_start <= 20 <= source.page_end or source.page_start == 19
+
+    history = [HistoryTurn("t1", first_question, first_question, first_answer)]
+    follow_up = "And what about SPSS files?"
+    standalone = rule_rewrite(follow_up, history)
+    second = AnswerRequest(query=follow_up, standalone_query=standalone, history=history,
+                           documents=retrieved(standalone))
+    pieces = compose(second)
+    assert "SPSS" in pieces[0]
+    assert not any(stata_sentence in piece for piece in pieces)  # not repeated
+    assert copied_from_context(" ".join(pieces), second)

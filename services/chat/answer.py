@@ -14,7 +14,7 @@ from typing import Protocol
 
 from docent.v1 import chat_pb2, retrieval_pb2
 from services.chat.history import HistoryTurn
-from services.chat.text import normalise_space, shorten
+from services.chat.text import fold, normalise_space, sentences, shorten, strip_markers, words
 
 NOT_FOUND_ANSWER = "I couldn't find this in your documents."
 SNIPPET_CHARS = 300
@@ -111,9 +111,51 @@ def cited_markers(answer: str) -> list[int]:
     return list(seen)
 
 
+def _citing_text(answer: str) -> dict[int, str]:
+    """For each marker, the answer's sentences that cite it (markers removed)."""
+    cited: dict[int, list[str]] = {}
+    previous = ""
+    for sentence in sentences(answer):
+        # "… write.dta. [1]": a marker after the full stop belongs to the sentence before it
+        text = strip_markers(sentence).strip() or previous
+        for number in cited_markers(sentence):
+            cited.setdefault(number, []).append(text)
+        previous = text
+    return {number: " ".join(parts) for number, parts in cited.items()}
+
+
+def snippet(block_text: str, cited_by: str = "") -> str:
+    """The passage of a block an answer drew on: its sentence sharing most words with the citing
+    sentence (the very sentence, for a quote), widened with its neighbours up to SNIPPET_CHARS."""
+    flat = normalise_space(block_text)
+    quote = normalise_space(cited_by)
+    position = flat.find(quote) if quote else -1
+    if position >= 0:  # a quote: the window starts a little before it, on a word boundary
+        start = max(0, position - 60)
+        start = flat.rfind(" ", 0, start) + 1 if start > 0 else 0
+        return ("… " if start > 0 else "") + shorten(flat[start:], SNIPPET_CHARS)
+    parts = sentences(block_text)
+    if not cited_by or len(parts) < 2:
+        return shorten(flat, SNIPPET_CHARS)
+    wanted = {fold(word) for word in words(cited_by)}
+    best = max(range(len(parts)), key=lambda index: (len(wanted & {fold(w) for w in words(parts[index])}), -index))
+    start, end = best, best + 1
+    while True:
+        grown = False
+        if end < len(parts) and len(" ".join(parts[start:end + 1])) <= SNIPPET_CHARS:
+            end, grown = end + 1, True
+        if start > 0 and len(" ".join(parts[start - 1:end])) <= SNIPPET_CHARS:
+            start, grown = start - 1, True
+        if not grown:
+            break
+    text = normalise_space(" ".join(parts[start:end]))
+    return ("… " if start > 0 else "") + shorten(text, SNIPPET_CHARS)
+
+
 def citations(answer: str, documents: Sequence[DocumentBlock], *, all_when_uncited: bool) -> list[chat_pb2.Citation]:
-    """The document blocks the answer used, in the order it cites them."""
+    """The document blocks the answer used, in the order it cites them, each with the passage it drew on."""
     by_marker = {block.marker: block for block in documents}
+    citing = _citing_text(answer)
     used = [by_marker[number] for number in cited_markers(answer) if number in by_marker]
     if not used and all_when_uncited and answer.strip() and not answer.startswith(NOT_FOUND_ANSWER):
         used = list(documents)
@@ -121,7 +163,7 @@ def citations(answer: str, documents: Sequence[DocumentBlock], *, all_when_uncit
         chat_pb2.Citation(marker=block.marker, document_id=block.document_id, filename=block.filename,
                           chunk_index=block.chunk_index, page_start=block.page_start, page_end=block.page_end,
                           relevance_score=block.score,
-                          snippet=shorten(normalise_space(block.text), SNIPPET_CHARS))
+                          snippet=snippet(block.text, citing.get(block.marker, "")))
         for block in used
     ]
 

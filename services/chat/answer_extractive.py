@@ -6,13 +6,18 @@ answers found in chat history, or this conversation's recent answers), with only
 ("From an earlier conversation:", "Earlier in this conversation:") and the [n] markers added.
 
 Scoring, per candidate sentence:
-- lexical: the IDF-weighted share of the question's key terms the sentence contains; terms of
-  the user's own words weigh 1, terms the follow-up rewrite carried over weigh 0.5;
+- lexical: the IDF-weighted share of the user's own key terms the sentence contains, plus 0.35 ×
+  the share of the terms a follow-up rewrite carried over from earlier questions (so "and SPSS
+  files?" is about SPSS: a sentence matching only the previous subject cannot outrank one
+  matching the new one);
 - plus 0.3 × the retrieval score of the block it came from (cosine similarity), so among
   equally matching sentences the one from the better passage wins; chat-history sentences get
   a smaller share, so a document stating a fact outranks an earlier answer quoting it.
-At most three sentences within 55 % of the best score are quoted, best first; a sentence that
-also appears in a document is quoted once, from the document. Nothing matching → say so.
+A sentence this conversation's recent answers already said scores half (unless the question
+compares: "how does that compare to Q2?" needs the earlier figure again, so there the carried
+terms count fully). At most three sentences
+within 55 % of the best score are quoted, best first; a sentence that also appears in a document
+is quoted once, from the document. Nothing matching → say so.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ RELATIVE_CUTOFF = 0.55
 RETRIEVAL_SHARE = 0.3
 CHAT_RETRIEVAL_DISCOUNT = 0.5
 HISTORY_RETRIEVAL_SCORE = 0.3  # this conversation's recent answers carry no search score
-CARRIED_TERM_WEIGHT = 0.5
+CARRIED_TERM_SHARE = 0.35
+REPEAT_PENALTY = 0.5
+COMPARATIVE = frozenset({"compare", "compared", "comparison", "versus", "vs", "difference", "differ", "than"})
 MAX_SENTENCE_CHARS = 400
 # a document block this similar to the question is quoted even without shared words
 SEMANTIC_FALLBACK_SCORE = 0.55
@@ -77,32 +84,38 @@ def _candidates(request: AnswerRequest) -> list[Candidate]:
     return found
 
 
-def _query_weights(request: AnswerRequest) -> dict[str, float]:
-    weights = {term: CARRIED_TERM_WEIGHT for term in key_terms(request.standalone_query)}
-    weights.update({term: 1.0 for term in key_terms(request.query)})
-    return weights
-
-
 def _dedupe_key(text: str) -> str:
     return " ".join(words(text))
+
+
+def _share(terms: list[str], idf: dict[str, float], candidate: Candidate) -> float:
+    total = sum(idf[term] for term in terms)
+    return sum(idf[term] for term in terms if term in candidate.terms) / total if total else 0.0
 
 
 def rank(request: AnswerRequest) -> list[Candidate]:
     """Candidate sentences that share terms with the question, best first, duplicates removed."""
     candidates = _candidates(request)
-    weights = _query_weights(request)
-    if not candidates or not weights:
+    own = key_terms(request.query)
+    carried = [term for term in key_terms(request.standalone_query) if term not in own]
+    if not candidates or not (own or carried):
         return []
     total = len(candidates)
-    idf = {term: math.log(1 + total / (1 + sum(term in c.terms for c in candidates))) for term in weights}
-    norm = sum(weights[term] * idf[term] for term in weights)
+    idf = {term: math.log(1 + total / (1 + sum(term in c.terms for c in candidates))) for term in own + carried}
+    said = {_dedupe_key(sentence) for turn in request.history for sentence in sentences(strip_markers(turn.answer))}
+    comparing = bool(COMPARATIVE & {word.lower() for word in words(request.query)})
     unique: dict[str, Candidate] = {}
     for candidate in candidates:
-        matched = sum(weights[term] * idf[term] for term in weights if term in candidate.terms)
-        if matched <= 0:
+        own_share, carried_share = _share(own, idf, candidate), _share(carried, idf, candidate)
+        if own_share <= 0 and carried_share <= 0:
             continue
-        candidate.score = matched / norm + RETRIEVAL_SHARE * candidate.retrieval
+        # a comparison is about the earlier subject as much as the new one
+        carried_weight = 1.0 if comparing else CARRIED_TERM_SHARE
+        lexical = own_share + carried_weight * carried_share if own else carried_share
+        candidate.score = lexical + RETRIEVAL_SHARE * candidate.retrieval
         key = _dedupe_key(candidate.text)
+        if not comparing and (key in said or candidate.origin == HISTORY):
+            candidate.score *= REPEAT_PENALTY
         kept = unique.get(key)
         # the same sentence from a document beats an earlier answer quoting it
         if kept is None or (kept.origin != DOCUMENT and candidate.origin == DOCUMENT) or (

@@ -23,6 +23,7 @@ from services.chat.pipeline import ChatPipeline
 from services.chat.rewrite import Rewriter
 from services.chat.servicer import ChatServicer
 from services.runtime import db
+from services.runtime.auth import RevocationList
 from services.runtime.config import Settings
 from services.runtime.grpc_client import create_channel
 from services.runtime.queue import Enqueuer
@@ -47,6 +48,7 @@ class ChatApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.revocations: RevocationList | None = None
         self.pool: asyncpg.Pool | None = None
         self.enqueuer: Enqueuer | None = None
         self.channel: grpc.aio.Channel | None = None
@@ -55,6 +57,7 @@ class ChatApp:
 
     async def start(self) -> None:
         self.pool = await db.create_pool(self.settings.database_url or "", max_size=self.settings.db_pool_max)
+        self.revocations = RevocationList(self.pool)
         self.enqueuer = Enqueuer(self.settings.redis_url or "")
         self.channel = create_channel(self.settings.target("retrieval"))
         retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
@@ -68,6 +71,10 @@ class ChatApp:
 
     def register(self, server: grpc.aio.Server) -> None:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(self.servicer, server)
+
+    async def is_token_revoked(self, token_id: str) -> bool:
+        """Asked by the interceptor on every call: a logged-out token is refused here too."""
+        return await self.revocations.is_revoked(token_id) if self.revocations else False
 
     async def check_ready(self) -> bool:
         if not (self.pool and self.enqueuer and self.channel):

@@ -9,6 +9,7 @@ from docent.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2_grpc
 from services.ingest.events import DocumentEvents
 from services.ingest.servicer import IngestServicer
 from services.runtime import db
+from services.runtime.auth import RevocationList
 from services.runtime.config import Settings
 from services.runtime.grpc_client import create_channel
 from services.runtime.queue import Enqueuer
@@ -22,6 +23,7 @@ class IngestApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.revocations: RevocationList | None = None
         self.pool: asyncpg.Pool | None = None
         self.enqueuer: Enqueuer | None = None
         self.channel: grpc.aio.Channel | None = None
@@ -30,6 +32,7 @@ class IngestApp:
 
     async def start(self) -> None:
         self.pool = await db.create_pool(self.settings.database_url or "", max_size=self.settings.db_pool_max)
+        self.revocations = RevocationList(self.pool)
         self.enqueuer = Enqueuer(self.settings.redis_url or "")
         self.channel = create_channel(self.settings.target("retrieval"))
         self.events = DocumentEvents(self.settings.database_url or "")
@@ -38,6 +41,10 @@ class IngestApp:
 
     def register(self, server: grpc.aio.Server) -> None:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(self.servicer, server)
+
+    async def is_token_revoked(self, token_id: str) -> bool:
+        """Asked by the interceptor on every call: a logged-out token is refused here too."""
+        return await self.revocations.is_revoked(token_id) if self.revocations else False
 
     async def check_ready(self) -> bool:
         return bool(self.pool and self.enqueuer and await db.ping(self.pool) and await self.enqueuer.ping())

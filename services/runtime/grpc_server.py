@@ -84,10 +84,13 @@ class ServiceApp(Protocol):
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, jwt_secret: str, is_started: Callable[[], bool]) -> None:
+    def __init__(self, service: str, jwt_secret: str, is_started: Callable[[], bool],
+                 is_revoked: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._service = service
         self._secret = jwt_secret
         self._is_started = is_started
+        # apps with a database answer it (ingest, chat); retrieval is internal and has none
+        self._is_revoked = is_revoked
 
     async def intercept_service(
         self,
@@ -186,6 +189,9 @@ class _Call:
             raise Unavailable("service is starting", reason="SERVICE_STARTING")
         token = bearer_token(self._metadata.get("authorization"))
         identity = verify_token(self.interceptor._secret, token)
+        is_revoked = self.interceptor._is_revoked
+        if is_revoked is not None and identity.token_id and await is_revoked(identity.token_id):
+            raise Unauthenticated("the token has been revoked (logged out)", reason="TOKEN_REVOKED")
         self._tokens.append(_identity.set(identity))
         self._tokens.append(_token.set(token))
         structlog.contextvars.bind_contextvars(user_id=identity.user_id)
@@ -245,7 +251,8 @@ async def serve(app: ServiceApp, settings: Settings, *, port: int, jwt_secret: s
     """Run `app` until SIGTERM/SIGINT (or `stop_event`), then shut down gracefully."""
     started = False
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(app.name, jwt_secret, lambda: started)],
+        interceptors=[ServiceInterceptor(app.name, jwt_secret, lambda: started,
+                                         getattr(app, "is_token_revoked", None))],
         options=SERVER_OPTIONS,
     )
     health = HealthServicer()

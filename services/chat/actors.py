@@ -15,8 +15,9 @@ import grpc
 import structlog
 
 from docent.v1 import retrieval_pb2
-from services.chat import conversations, records
+from services.chat import conversations
 from services.chat.text import strip_markers
+from services.runtime.pagination import timestamp
 from services.runtime.queue import MEMORY_QUEUE
 from services.runtime.resources import WorkerResources
 
@@ -49,7 +50,7 @@ async def index_turn(resources: WorkerResources, turn_id: str) -> str:
     request = retrieval_pb2.UpsertChatTurnRequest(
         turn_id=str(row["id"]), conversation_id=str(row["conversation_id"]), user_message=row["query"],
         assistant_message=answer, embedding=vector.tolist(), embedding_model=embedder.model_name)
-    created = records.timestamp(row["created_at"])
+    created = timestamp(row["created_at"])
     if created is not None:
         request.create_time.CopyFrom(created)
     reply = await resources.retrieval.UpsertChatTurn(request, **resources.call_options_for(user_id))

@@ -7,8 +7,6 @@ conversation's row is created in that same transaction, so a failed answer leave
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
@@ -17,6 +15,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from services.chat.text import normalise_space, shorten
+from services.runtime.pagination import PageCursor
 
 TITLE_CHARS = 80
 CONVERSATION_COLUMNS = "id, user_id, title, turn_count, created_at, updated_at"
@@ -35,25 +34,6 @@ def parse_uuid(value: str) -> uuid.UUID | None:
 def derive_title(query: str) -> str:
     """A conversation's title: its first question, on one line, cut at a word boundary."""
     return shorten(normalise_space(query), TITLE_CHARS) or "New conversation"
-
-
-@dataclass(frozen=True)
-class PageCursor:
-    updated_at: dt.datetime
-    id: uuid.UUID
-
-    def encode(self) -> str:
-        raw = json.dumps([self.updated_at.isoformat(), str(self.id)]).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, token: str) -> PageCursor | None:
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            updated, ident = json.loads(raw)
-            return cls(dt.datetime.fromisoformat(updated), uuid.UUID(ident))
-        except (ValueError, TypeError):
-            return None
 
 
 @dataclass
@@ -134,7 +114,7 @@ async def list_page(pool: asyncpg.Pool, user_id: str, page_size: int,
     else:
         rows = await pool.fetch(
             f"""SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1 AND (updated_at, id) < ($2, $3)
-                ORDER BY updated_at DESC, id DESC LIMIT $4""", user_id, cursor.updated_at, cursor.id, page_size + 1)
+                ORDER BY updated_at DESC, id DESC LIMIT $4""", user_id, cursor.at, cursor.id, page_size + 1)
     next_cursor = None
     if len(rows) > page_size:
         rows = rows[:page_size]

@@ -6,15 +6,15 @@ turn read back (GetConversation) is the same message the Chat call returned.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 
 import asyncpg
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from docent.v1 import chat_pb2, retrieval_pb2
+from services.runtime.pagination import timestamp
 
 
 def to_json_list(messages: Iterable[Message]) -> list[dict[str, object]]:
@@ -24,14 +24,6 @@ def to_json_list(messages: Iterable[Message]) -> list[dict[str, object]]:
 def _from_json_list(raw: str | list[object] | None, cls: type[Message]) -> list[Message]:
     items = json.loads(raw) if isinstance(raw, str) else (raw or [])
     return [json_format.ParseDict(item, cls(), ignore_unknown_fields=True) for item in items]
-
-
-def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def turn_to_pb(row: asyncpg.Record) -> chat_pb2.ChatTurn:

@@ -11,14 +11,13 @@ from docent.v1 import chat_pb2, chat_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.chat import conversations, records
 from services.chat.pipeline import ChatPipeline, Delta, Started, Stored, conversation_not_found
 from services.runtime.config import Settings
-from services.runtime.errors import Internal, InvalidArgument, from_rpc_error
+from services.runtime.errors import Internal, from_rpc_error
 from services.runtime.grpc_client import call_options
 from services.runtime.grpc_server import current_token, current_user_id
+from services.runtime.pagination import page_request
 
 log = structlog.get_logger("docent.chat")
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -56,14 +55,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     async def ListConversations(self, request: chat_pb2.ListConversationsRequest,
                                 context: grpc.aio.ServicerContext) -> chat_pb2.ListConversationsResponse:
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
-        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        cursor = None
-        if request.page_token:
-            cursor = conversations.PageCursor.decode(request.page_token)
-            if cursor is None:
-                raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID")
+        page_size, cursor = page_request(request.page_size, request.page_token)
         rows, next_cursor = await conversations.list_page(self.pool, current_user_id(), page_size, cursor)
         return chat_pb2.ListConversationsResponse(
             conversations=[records.conversation_to_pb(row) for row in rows],

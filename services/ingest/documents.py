@@ -5,17 +5,13 @@ Every query that serves a user names the user: a document of another user is sim
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import json
 import uuid
-from dataclasses import dataclass
 
 import asyncpg
-from google.protobuf import timestamp_pb2
 
 from docent.v1 import ingest_pb2
 from services.retrieval.store import CHUNKS_COLLECTION
+from services.runtime.pagination import PageCursor, timestamp
 
 PENDING, PROCESSING, COMPLETED, FAILED = "pending", "processing", "completed", "failed"
 TERMINAL = frozenset({COMPLETED, FAILED})
@@ -31,14 +27,6 @@ COLUMNS = """id, user_id, filename, mime_type, file_size, sha256, status, stage,
              webhook_url, created_at, updated_at, indexed_at"""
 
 
-def _timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def to_pb(row: asyncpg.Record) -> ingest_pb2.Document:
     document = ingest_pb2.Document(
         id=str(row["id"]), user_id=row["user_id"], filename=row["filename"], file_size=row["file_size"],
@@ -52,7 +40,7 @@ def to_pb(row: asyncpg.Record) -> ingest_pb2.Document:
     )
     for field_name, column in (("create_time", "created_at"), ("update_time", "updated_at"),
                                ("index_time", "indexed_at")):
-        stamp = _timestamp(row[column])
+        stamp = timestamp(row[column])
         if stamp is not None:
             getattr(document, field_name).CopyFrom(stamp)
     return document
@@ -69,25 +57,6 @@ def parse_uuid(value: str) -> uuid.UUID | None:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
         return None
-
-
-@dataclass(frozen=True)
-class PageCursor:
-    created_at: dt.datetime
-    id: uuid.UUID
-
-    def encode(self) -> str:
-        raw = json.dumps([self.created_at.isoformat(), str(self.id)]).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, token: str) -> PageCursor | None:
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            created, ident = json.loads(raw)
-            return cls(dt.datetime.fromisoformat(created), uuid.UUID(ident))
-        except (ValueError, TypeError):
-            return None
 
 
 async def insert(conn: asyncpg.Connection, *, user_id: str, filename: str, mime_type: str, content: bytes,
@@ -133,7 +102,7 @@ async def list_page(pool: asyncpg.Pool, user_id: str, page_size: int,
     else:
         rows = await pool.fetch(
             f"""SELECT {COLUMNS} FROM documents WHERE user_id = $1 AND (created_at, id) < ($2, $3)
-                ORDER BY created_at DESC, id DESC LIMIT $4""", user_id, cursor.created_at, cursor.id, page_size + 1)
+                ORDER BY created_at DESC, id DESC LIMIT $4""", user_id, cursor.at, cursor.id, page_size + 1)
     total = await pool.fetchval("SELECT count(*) FROM documents WHERE user_id = $1", user_id)
     next_cursor = None
     if len(rows) > page_size:

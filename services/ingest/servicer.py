@@ -21,13 +21,12 @@ from services.runtime.config import Settings
 from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, from_rpc_error
 from services.runtime.grpc_client import call_options
 from services.runtime.grpc_server import current_token, current_user_id
+from services.runtime.pagination import page_request
 from services.runtime.queue import INGEST_QUEUE, Enqueuer
 
 log = structlog.get_logger("docent.ingest")
 
 PROCESS_DOCUMENT = "process_document"
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 HEAD_BYTES = 8192
 WATCH_POLL_SECONDS = 2.0
 MAX_FILENAME = 255
@@ -122,14 +121,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return documents.to_pb(row)
 
     async def ListDocuments(self, request: ingest_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext):
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
-        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        cursor = None
-        if request.page_token:
-            cursor = documents.PageCursor.decode(request.page_token)
-            if cursor is None:
-                raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID")
+        page_size, cursor = page_request(request.page_size, request.page_token)
         rows, next_cursor, total = await documents.list_page(self.pool, current_user_id(), page_size, cursor)
         return ingest_pb2.ListDocumentsResponse(
             documents=[documents.to_pb(row) for row in rows],

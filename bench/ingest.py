@@ -55,7 +55,8 @@ async def _wait_completed(stub, token: str, ids: list[str], timeout: float) -> d
     done: dict[str, ingest_pb2.Document] = {}
     while len(done) < len(ids):
         for ident in [ident for ident in ids if ident not in done]:
-            document = await stub.GetDocument(ingest_pb2.GetDocumentRequest(document_id=ident), **call_options(token, 30))
+            request = ingest_pb2.GetDocumentRequest(document_id=ident)
+            document = await stub.GetDocument(request, **call_options(token, 30))
             if document.status in (ingest_pb2.DOCUMENT_STATUS_COMPLETED, ingest_pb2.DOCUMENT_STATUS_FAILED):
                 done[ident] = document
         if time.monotonic() > deadline:

@@ -93,6 +93,17 @@ def markdown(results: dict, plots: list[str]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _finish(plt, figure, axis, xlabel: str, ylabel: str, title: str, path: Path, fontsize: str | None = None) -> str:
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend(fontsize=fontsize)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return str(path)
+
+
 def plot(results: dict, directory: Path, stem: str) -> list[str]:
     try:
         import matplotlib
@@ -111,15 +122,8 @@ def plot(results: dict, directory: Path, stem: str) -> list[str]:
                 axis.plot(levels, [data[str(level)][percentile] for level in levels], style,
                           label=f"{name} {percentile[:3]}")
         axis.set_xscale("log", base=2)
-        axis.set_xlabel("concurrent clients")
-        axis.set_ylabel("latency (ms)")
-        axis.set_title("Latency vs concurrency")
-        axis.legend()
-        path = directory / f"{stem}-latency.png"
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        written.append(str(path))
+        written.append(_finish(plt, figure, axis, "concurrent clients", "latency (ms)", "Latency vs concurrency",
+                               directory / f"{stem}-latency.png"))
     if results.get("scale"):
         figure, axis = plt.subplots(figsize=(7, 4))
         for store in sorted({row["store"] for row in results["scale"]}):
@@ -127,15 +131,8 @@ def plot(results: dict, directory: Path, stem: str) -> list[str]:
             axis.plot([row["chunks"] for row in rows], [row["p50_ms"] for row in rows], "-o", label=f"{store} p50")
         axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.set_xlabel("chunks in the collection")
-        axis.set_ylabel("query latency (ms)")
-        axis.set_title("Store query latency vs size")
-        axis.legend()
-        path = directory / f"{stem}-scale.png"
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        written.append(str(path))
+        written.append(_finish(plt, figure, axis, "chunks in the collection", "query latency (ms)",
+                               "Store query latency vs size", directory / f"{stem}-scale.png"))
     samples = (results.get("soak") or {}).get("rss_samples")
     if samples:
         figure, axis = plt.subplots(figsize=(7, 4))
@@ -143,15 +140,8 @@ def plot(results: dict, directory: Path, stem: str) -> list[str]:
         for role in roles:
             axis.plot([at / 60 for at, _ in samples], [sample.get(role, float("nan")) for _, sample in samples],
                       label=role)
-        axis.set_xlabel("minutes")
-        axis.set_ylabel("RSS (MB)")
-        axis.set_title("Soak: memory per process role")
-        axis.legend(fontsize="small")
-        path = directory / f"{stem}-soak-rss.png"
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        written.append(str(path))
+        written.append(_finish(plt, figure, axis, "minutes", "RSS (MB)", "Soak: memory per process role",
+                               directory / f"{stem}-soak-rss.png", "small"))
     return written
 
 

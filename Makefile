@@ -45,7 +45,7 @@ test: setup ## run the test suite against real embedded Postgres/Redis/Qdrant-ed
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: setup ## ruff
-	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff check services tests bench
 
 bench: setup ## benchmarks against floors measured in the same run (not part of make test; < 30 min)
 	$(PY) -m pip install -q -e '.[dev,bench]'

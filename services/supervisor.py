@@ -94,9 +94,13 @@ class Supervisor:
 
     async def start_child(self, role: str) -> None:
         child = Child(role, self._argv(role))
+        # If the supervisor itself is killed, services stop gracefully (SIGTERM, quick), but the
+        # Dramatiq master is killed outright: its graceful stop waits for booting worker processes
+        # and can outlast any sensible wait. Leases and the sweeper recover whatever was in flight.
+        death_signal = signal.SIGKILL if role == "worker" else signal.SIGTERM
         child.process = await asyncio.create_subprocess_exec(
             *child.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL, env=self.env, preexec_fn=die_with_parent,
+            stdin=asyncio.subprocess.DEVNULL, env=self.env, preexec_fn=lambda: die_with_parent(death_signal),
             start_new_session=True,
         )
         child.pump = asyncio.create_task(self._pump(child))

@@ -140,7 +140,7 @@ def plot(results: dict, directory: Path, stem: str) -> list[str]:
         for role in roles:
             axis.plot([at / 60 for at, _ in samples], [sample.get(role, float("nan")) for _, sample in samples],
                       label=role)
-        written.append(_finish(plt, figure, axis, "minutes", "RSS (MB)", "Soak: memory per process role",
+        written.append(_finish(plt, figure, axis, "minutes", "PSS (MB)", "Soak: memory per process role",
                                directory / f"{stem}-soak-rss.png", "small"))
     return written
 

@@ -35,13 +35,14 @@ def _role(process: psutil.Process) -> str:
 
 
 def sample_rss(stack: DevStack) -> dict[str, float]:
-    """RSS (MB) per role; several processes of a role (postgres backends, worker forks) are summed."""
+    """Memory (MB) per role, as PSS: shared pages (Postgres shared buffers, forked workers) are split
+    between the processes sharing them, so summing a role's processes does not count them twice."""
     totals: dict[str, float] = {}
     for pid in stack.pids():
         try:
             process = psutil.Process(pid)
             role = _role(process)
-            totals[role] = totals.get(role, 0.0) + process.memory_info().rss / 2**20
+            totals[role] = totals.get(role, 0.0) + process.memory_full_info().pss / 2**20
         except psutil.Error:
             continue
     return totals

@@ -126,7 +126,7 @@ async def test_delete_removes_row_and_vectors(stack) -> None:
 @pytest.mark.parametrize(("filename", "status", "error_part"), [
     ("R-data_41p.pdf", COMPLETED, ""),
     ("encrypted_userpw_aes256_R-data_41p.pdf", FAILED, "password-protected"),
-    ("scan_gutenberg-huckfinn-p29_1p.pdf", FAILED, "no extractable text"),
+    ("scan_gutenberg-huckfinn-p29_1p.pdf", COMPLETED, ""),  # OCR'd: see the test below
     ("malformed_not-a-pdf.pdf", FAILED, "not a valid PDF"),
 ])
 async def test_testdata_reaches_the_state_its_manifest_says(stack, filename, status, error_part) -> None:
@@ -139,6 +139,22 @@ async def test_testdata_reaches_the_state_its_manifest_says(stack, filename, sta
     if status == FAILED:
         assert document.progress.attempts == 1  # permanent: not retried
         assert await running.stored_chunks(owner, document.id) == 0
+
+
+async def test_scanned_pdf_completes_with_its_ocr_text_on_page_1(stack) -> None:
+    running, worker = stack
+    owner = user()
+    name = "scan_gutenberg-huckfinn-p29_1p.pdf"
+    reply = await running.upload(owner, name, (TESTDATA / name).read_bytes(), "application/pdf")
+    document = (await running.wait_terminal(owner, [reply.document.id], timeout=240, worker=worker))[reply.document.id]
+    assert document.status == COMPLETED, document.error
+    assert document.page_count == 1 and document.progress.pages_done == 1 and document.chunk_count >= 2
+    result = await running.retrieval.Search(retrieval_pb2.SearchRequest(
+        query="What did Miss Watson tell him about praying?", top_k=5, document_ids=[document.id]),
+        metadata=auth(owner), timeout=30)
+    found = [item for item in result.results if item.source == retrieval_pb2.SEARCH_SOURCE_DOCUMENTS]
+    assert found and all(item.document.page_start == item.document.page_end == 1 for item in found)
+    assert any("told me to pray every day" in item.text for item in found), [item.text[:80] for item in found]
 
 
 async def test_truncated_pdf_ends_terminal_without_hanging(stack) -> None:

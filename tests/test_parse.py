@@ -14,6 +14,7 @@ import docx
 import pytest
 
 from services.ingest.filetypes import CSV, DOCX, JSON, MD, PDF, TXT
+from services.ingest.ocr import OcrOptions
 from services.ingest.parse import (
     CSV_INVALID,
     DOCX_INVALID,
@@ -117,12 +118,14 @@ def test_encrypted_pdf():
     assert counted.value.reason == PDF_ENCRYPTED
 
 
-def test_scanned_pdf_has_no_text():
+def test_scanned_pdf_without_ocr_has_no_text():
+    # with OCR (the default) it is read: tests/test_ocr.py
     data = (DATA / "scan_gutenberg-huckfinn-p29_1p.pdf").read_bytes()
     assert count_pages(data, PDF) == 1
-    error = reason_of(data, PDF)
-    assert error.reason == NO_TEXT
-    assert "no extractable text" in error.message
+    with pytest.raises(ParseError) as error:
+        list(iter_pages(data, PDF, OcrOptions(enabled=False)))
+    assert error.value.reason == NO_TEXT
+    assert "no extractable text" in error.value.message
 
 
 def test_text_named_pdf_is_not_a_valid_pdf():

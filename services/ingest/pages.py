@@ -19,7 +19,9 @@ UNSUPPORTED_TYPE = "UNSUPPORTED_TYPE"
 
 ENCRYPTED_MESSAGE = "the PDF is password-protected"
 INVALID_PDF_MESSAGE = "not a valid PDF (the file is damaged, truncated or is not a PDF)"
-SCANNED_MESSAGE = "no extractable text (the document may be a scanned image; OCR is not available)"
+SCANNED_MESSAGE = "no extractable text (the PDF has no text layer and no scanned page to OCR)"
+OCR_OFF_MESSAGE = "no extractable text (the document is a scanned image and OCR is turned off or not installed)"
+OCR_EMPTY_MESSAGE = "no extractable text (OCR found no text on the scanned pages)"
 BLANK_MESSAGE = "no extractable text (the document is blank)"
 INVALID_DOCX_MESSAGE = "not a valid DOCX file (the file is damaged or is not a Word document)"
 

@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Iterator
 
 from services.ingest.filetypes import CSV, DOCX, JSON, MD, PDF, TXT
+from services.ingest.ocr import OcrOptions
 from services.ingest.pages import (  # noqa: F401  (re-exported: callers import the parse API from here)
     BLANK_MESSAGE,
     CSV_INVALID,
@@ -159,10 +160,13 @@ def _json_text(text: str) -> str:
     return normalise("\n\n".join(lines))
 
 
-def iter_pages(data: bytes, mime: str) -> Iterator[Page]:
-    """Yield pages with text in order, one at a time; raise ParseError (at the end for NO_TEXT)."""
+def iter_pages(data: bytes, mime: str, ocr: OcrOptions | None = None) -> Iterator[Page]:
+    """Yield pages with text in order, one at a time; raise ParseError (at the end for NO_TEXT).
+
+    `ocr` sets how scanned PDF pages are OCR'd (default: on, with the default limits).
+    """
     if mime == PDF:
-        yield from pdf_pages(data)
+        yield from pdf_pages(data, ocr)
         return
     if not data:
         raise ParseError("the file is empty", EMPTY_FILE)

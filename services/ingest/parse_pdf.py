@@ -1,4 +1,5 @@
-"""PDF pages: pdfium for text (fast, robust on damaged files), pdfplumber only for ruled tables.
+"""PDF pages: pdfium for text (fast, robust on damaged files), pdfplumber only for ruled tables,
+OCR (services.ingest.ocr) for scanned pages that have no usable text layer.
 
 One page at a time, each page object closed after use, so a 2,000-page PDF stays bounded in
 memory. Page furniture (page numbers, running headers) is dropped; lines are reflowed into
@@ -16,11 +17,15 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 import structlog
 
+from services.ingest.ocr import OcrOptions
+from services.ingest.ocr_pages import PageOcr, needs_ocr, scan_resolution
 from services.ingest.pages import (
     EMPTY_FILE,
     ENCRYPTED_MESSAGE,
     INVALID_PDF_MESSAGE,
     NO_TEXT,
+    OCR_EMPTY_MESSAGE,
+    OCR_OFF_MESSAGE,
     PDF_ENCRYPTED,
     PDF_INVALID,
     SCANNED_MESSAGE,
@@ -140,7 +145,8 @@ def _ruling_segments(page) -> int:
     return segments
 
 
-def _read_pdfium_page(document, index: int) -> tuple[str, bool]:
+def _read_pdfium_page(document, index: int) -> tuple[str, bool, float]:
+    """Text layer, whether it may hold a ruled table, and the resolution of its scan (0: not a scan)."""
     page = document[index]
     try:
         textpage = page.get_textpage()
@@ -149,9 +155,10 @@ def _read_pdfium_page(document, index: int) -> tuple[str, bool]:
         finally:
             textpage.close()
         segments = _ruling_segments(page)
+        scan_dpi = scan_resolution(page) if needs_ocr(text) else 0.0
     finally:
         page.close()
-    return text, TABLE_MIN_SEGMENTS <= segments <= TABLE_MAX_SEGMENTS
+    return text, TABLE_MIN_SEGMENTS <= segments <= TABLE_MAX_SEGMENTS, scan_dpi
 
 
 
@@ -207,11 +214,12 @@ class _TableReader:
             self._pdf = self._page_objects = None
 
 
-def pdf_pages(data: bytes) -> Iterator[Page]:
+def pdf_pages(data: bytes, ocr: OcrOptions | None = None) -> Iterator[Page]:
     with _PDFIUM_LOCK:
         document = _open_pdf(data)
     tables = _TableReader(data)
     furniture = _RunningLines()
+    scans = PageOcr(ocr or OcrOptions())
     found_text = False
     try:
         with _PDFIUM_LOCK:
@@ -219,10 +227,17 @@ def pdf_pages(data: bytes) -> Iterator[Page]:
         for index in range(total):
             try:
                 with _PDFIUM_LOCK:
-                    raw, table_like = _read_pdfium_page(document, index)
+                    raw, table_like, scan_dpi = _read_pdfium_page(document, index)
             except pdfium.PdfiumError as error:
                 # one damaged page should not cost the rest of the document
                 log.info("pdf_page_unreadable", page=index + 1, error=str(error))
+                continue
+            if scan_dpi:
+                # a scanned page: its OCR'd text is already in paragraphs, only furniture goes
+                text = furniture.remove_from(normalise(scans.read(document, index, scan_dpi, _PDFIUM_LOCK)))
+                if text:
+                    found_text = True
+                    yield Page(index + 1, text)
                 continue
             text = _reflow(_LEADER_DOTS.sub(" … ", furniture.remove_from(normalise(raw))))
             if table_like:
@@ -237,5 +252,7 @@ def pdf_pages(data: bytes) -> Iterator[Page]:
         with _PDFIUM_LOCK:
             document.close()
     if not found_text:
-        raise ParseError(SCANNED_MESSAGE, NO_TEXT)
+        if scans.skipped_off:
+            raise ParseError(OCR_OFF_MESSAGE, NO_TEXT)
+        raise ParseError(OCR_EMPTY_MESSAGE if scans.attempted else SCANNED_MESSAGE, NO_TEXT)
 

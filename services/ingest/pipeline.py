@@ -21,6 +21,7 @@ import structlog
 from docent.v1 import retrieval_pb2
 from services.ingest import documents
 from services.ingest.chunk import Chunk, chunk_pages
+from services.ingest.ocr import OcrOptions
 from services.ingest.parse import ParseError, count_pages, iter_pages
 from services.ingest.webhook import deliver_webhook
 from services.runtime.embeddings import Tokenizer
@@ -29,6 +30,8 @@ from services.runtime.resources import WorkerResources
 log = structlog.get_logger("docent.ingest.pipeline")
 
 PROGRESS_INTERVAL_SECONDS = 0.25
+# while a batch of chunks is parsed (an OCR'd page takes seconds), progress is still written this often
+HEARTBEAT_SECONDS = 1.0
 UPSERT_BATCH_CHUNKS = 64
 MAX_CHUNK_TOKENS = 200
 OVERLAP_TOKENS = 30
@@ -133,9 +136,9 @@ async def _remove_vectors(resources: WorkerResources, user_id: str, document_id:
         log.warning("vector_cleanup_failed", document_id=document_id, code=error.code().name)
 
 
-def _parse_and_chunk(content: bytes, mime_type: str, pages_seen: list[int]) -> Iterator[Chunk]:
+def _parse_and_chunk(content: bytes, mime_type: str, pages_seen: list[int], ocr: OcrOptions) -> Iterator[Chunk]:
     def counted_pages():
-        for page in iter_pages(content, mime_type):
+        for page in iter_pages(content, mime_type, ocr):
             pages_seen[0] += 1
             yield page
 
@@ -180,12 +183,17 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
         pages_total = await asyncio.to_thread(count_pages, content, claimed.mime_type)
         await progress.update(force=True, stage="parsing", pages_total=pages_total)
         pages_seen = [0]
-        chunk_iter = _parse_and_chunk(content, claimed.mime_type, pages_seen)
+        chunk_iter = _parse_and_chunk(content, claimed.mime_type, pages_seen,
+                                      OcrOptions.from_settings(resources.settings))
         chunks: list[Chunk] = []
+
+        def pages_done() -> int:
+            return min(pages_seen[0], pages_total) if pages_total else pages_seen[0]
+
         while True:
-            batch = await asyncio.to_thread(_take, chunk_iter, 32)
+            batch = await _renewing(progress, asyncio.to_thread(_take, chunk_iter, 32), pages_done)
             chunks.extend(batch)
-            await progress.update(pages_done=min(pages_seen[0], pages_total) if pages_total else pages_seen[0])
+            await progress.update(pages_done=pages_done())
             if len(batch) < 32:
                 break
     except ParseError as error:
@@ -229,6 +237,18 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
                seconds=round(time.perf_counter() - started, 2))
     await deliver_webhook(resources, row)
     return documents.COMPLETED
+
+
+async def _renewing(progress: Progress, work, pages_done) -> list[Chunk]:
+    """Await `work`, writing "parsing page i/N" (which renews the lease) every HEARTBEAT_SECONDS meanwhile."""
+    task = asyncio.ensure_future(work)
+    # if the heartbeat raises (document deleted), the thread still finishes: consume its outcome
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    while True:
+        finished, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
+        if finished:
+            return task.result()
+        await progress.update(force=True, pages_done=pages_done())
 
 
 def _take(iterator: Iterator[Chunk], count: int) -> list[Chunk]:

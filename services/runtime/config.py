@@ -85,6 +85,18 @@ class Settings(BaseSettings):
     min_score_chat_history: float = Field(0.35, ge=-1, le=1)
     search_mode: Literal["dense", "hybrid"] = "dense"
 
+    # second-stage reranking of document hits (services/retrieval/rerank.py); off by default, see
+    # bench/results/rerank-probe.md. "endpoint": a /rerank server (llama.cpp, TEI, Infinity, Jina, Cohere)
+    rerank: Literal["off", "endpoint"] = "off"
+    rerank_candidates: int = Field(30, ge=1, le=200)
+    rerank_base_url: str | None = None
+    rerank_api_key: SecretStr | None = None
+    rerank_model: str = ""
+    # request body: "documents" (Jina, Cohere, llama.cpp, Infinity) or "texts" (TEI)
+    rerank_request_format: Literal["documents", "texts"] = "documents"
+    rerank_timeout_seconds: float = Field(3.0, gt=0)
+    rerank_max_retries: int = Field(1, ge=0, le=5)
+
     # chat answerer: extractive offline default unless an OpenAI-compatible endpoint is set
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
@@ -101,6 +113,13 @@ class Settings(BaseSettings):
     sweep_interval_seconds: int = Field(30, ge=1)
     max_attempts: int = Field(5, ge=1)
     webhook_secret: SecretStr | None = None
+
+    # OCR of scanned PDF pages, in the worker (RapidOCR on onnxruntime, models shipped in the wheel;
+    # threads follow DOCENT_EMBEDDING_THREADS)
+    ocr_enabled: bool = Field(True, description="OCR PDF pages that have no usable text layer")
+    ocr_dpi: int = Field(200, ge=100, le=400, description="highest resolution a page is rendered at for OCR")
+    ocr_max_pages: int = Field(50, ge=1, description="pages OCR'd per document; later scanned pages are skipped")
+    ocr_page_timeout_seconds: float = Field(30.0, gt=0, le=600, description="time cap for OCR of one page")
 
     @field_validator("data_dir")
     @classmethod
@@ -134,7 +153,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
 
-    @field_validator("qdrant_url", "embedding_base_url", "llm_base_url")
+    @field_validator("qdrant_url", "embedding_base_url", "llm_base_url", "rerank_base_url")
     @classmethod
     def _http_scheme(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
@@ -145,6 +164,12 @@ class Settings(BaseSettings):
     def _weights_not_both_zero(self) -> Settings:
         if self.weight_documents == 0 and self.weight_chat_history == 0:
             raise ValueError("DOCENT_WEIGHT_DOCUMENTS and DOCENT_WEIGHT_CHAT_HISTORY cannot both be 0")
+        return self
+
+    @model_validator(mode="after")
+    def _rerank_endpoint_has_url(self) -> Settings:
+        if self.rerank == "endpoint" and not self.rerank_base_url:
+            raise ValueError("DOCENT_RERANK=endpoint needs DOCENT_RERANK_BASE_URL")
         return self
 
     # derived addresses -------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""OCR for PDF pages without a usable text layer: RapidOCR on onnxruntime, in-process and offline.
+
+The detection, orientation and recognition models (PP-OCRv4 mobile, ONNX) ship inside the
+rapidocr-onnxruntime wheel under rapidocr_onnxruntime/models/; that version has no download code
+at all, and their sha256 is checked at load like the embedder's. One engine per process, used by
+one page at a time (a lock): on 2 cores, two concurrent OCR runs would only slow each other and
+the embedder down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import structlog
+
+from services.ingest.ocr_layout import Line, arrange, fix_spaces
+
+log = structlog.get_logger("docent.ingest.ocr")
+
+MODEL_SHA256 = {
+    "ch_PP-OCRv4_det_infer.onnx": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+    "ch_ppocr_mobile_v2.0_cls_infer.onnx": "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+    "ch_PP-OCRv4_rec_infer.onnx": "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+}
+# Recognised lines below this confidence are mostly illustration strokes read as letters.
+MIN_LINE_SCORE = 0.5
+# The detector would otherwise find up to 1000 boxes on a noisy halftone; a dense page has ~60 lines.
+MAX_LINES_PER_PAGE = 400
+
+
+class OcrUnavailable(RuntimeError):
+    pass
+
+
+class OcrTimeout(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class OcrOptions:
+    """How the PDF parser OCRs pages; built from Settings by the worker (see `from_settings`)."""
+
+    enabled: bool = True
+    dpi: int = 200
+    max_pages: int = 50  # per document; later scanned pages are skipped (and logged)
+    page_timeout_seconds: float = 60.0
+    threads: int = 0  # 0: as many as the embedder uses (min(cores, 2))
+
+    @classmethod
+    def from_settings(cls, settings) -> OcrOptions:
+        return cls(enabled=settings.ocr_enabled, dpi=settings.ocr_dpi, max_pages=settings.ocr_max_pages,
+                   page_timeout_seconds=settings.ocr_page_timeout_seconds, threads=settings.embedding_threads)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Deadline:
+    """Wraps an onnxruntime session so every run first checks the page's deadline.
+
+    RapidOCR runs detection once and recognition in batches of 6 lines, so a page that overruns
+    stops within one model run of its cap instead of holding the worker (and its lease) hostage.
+    """
+
+    def __init__(self, session) -> None:
+        self._session = session
+        self.deadline = float("inf")
+
+    def run(self, output_names, input_feed, run_options=None):
+        if time.monotonic() > self.deadline:
+            raise OcrTimeout("OCR page time cap reached")
+        return self._session.run(output_names, input_feed, run_options)
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+
+class OcrEngine:
+    _instances: ClassVar[dict[int, OcrEngine]] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, threads: int = 0) -> None:
+        try:
+            import rapidocr_onnxruntime
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError as error:  # opencv needs system libraries a slim image may lack
+            raise OcrUnavailable(f"rapidocr-onnxruntime cannot be imported: {error}") from None
+        models = Path(rapidocr_onnxruntime.__file__).parent / "models"
+        for name, expected in MODEL_SHA256.items():
+            path = models / name
+            if not path.exists():
+                raise OcrUnavailable(f"OCR model file missing: {path} (run `make setup`)")
+            if _sha256(path) != expected:
+                raise OcrUnavailable(f"OCR model file {path} has an unexpected sha256; refusing to load it")
+        threads = threads or min(os.cpu_count() or 1, 2)
+        self._engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1,
+                                det_max_candidates=MAX_LINES_PER_PAGE)
+        self._guards = []
+        # the three OrtInferSession wrappers of rapidocr-onnxruntime 1.4.x (pinned), each holding .session
+        for wrapper in (self._engine.text_det.infer, self._engine.text_cls.infer, self._engine.text_rec.session):
+            guard = _Deadline(wrapper.session)
+            wrapper.session = guard
+            self._guards.append(guard)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, threads: int = 0) -> OcrEngine:
+        with cls._instances_lock:
+            if threads not in cls._instances:
+                cls._instances[threads] = cls(threads)
+            return cls._instances[threads]
+
+    def read(self, image: np.ndarray, timeout_seconds: float = 60.0) -> str:
+        """The page's text, paragraphs separated by blank lines; raises OcrTimeout past the cap."""
+        with self._lock:
+            deadline = time.monotonic() + timeout_seconds
+            for guard in self._guards:
+                guard.deadline = deadline
+            try:
+                result, _ = self._engine(image, return_word_box=True, use_cls=False)
+            except Exception as error:
+                # rapidocr re-raises anything from a model run as its own ONNXRuntimeError
+                if isinstance(error, OcrTimeout) or isinstance(error.__cause__, OcrTimeout):
+                    raise OcrTimeout(f"OCR stopped at its {timeout_seconds:g} s page time cap") from None
+                raise
+            finally:
+                for guard in self._guards:
+                    guard.deadline = float("inf")
+        lines = []
+        for item in result or ():
+            box, text, score = item[0], item[1], float(item[2])
+            if score < MIN_LINE_SCORE or not text.strip():
+                continue
+            xs, ys = [point[0] for point in box], [point[1] for point in box]
+            characters = item[3] if len(item) > 3 else None
+            lines.append(Line(min(xs), min(ys), max(xs), max(ys), fix_spaces(text, characters, max(ys) - min(ys))))
+        return arrange(lines)

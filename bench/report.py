@@ -80,10 +80,11 @@ def markdown(results: dict, plots: list[str]) -> str:
                           for r in results["scale"]])]
     if results.get("quality"):
         quality = results["quality"]
-        parts += ["", "## Retrieval quality (`docent eval`)", "",
-                  _table(["mode", "recall@1", "recall@5", "recall@10", "MRR"],
-                         [[mode, v["recall@1"], v["recall@5"], v["recall@10"], v["mrr"]]
-                          for mode, v in quality["modes"].items()])]
+        parts += ["", "## Answer quality (`docent eval`, manual corpus, test split; full report: docs/QUALITY.md)", "",
+                  _table(["configuration", "sources R@1", "sources R@5", "MRR", "answer page cited", "gold in answer",
+                          "chat p50 ms"],
+                         [[name, v["sources_r@1"], v["sources_r@5"], v["sources_mrr"], v["cited_hit"],
+                           v["gold_in_answer"], v["latency_ms_p50"]] for name, v in quality.items()])]
     if results.get("soak"):
         soak = {k: v for k, v in results["soak"].items() if k != "rss_samples"}
         parts += ["", "## Soak", "", "```json", json.dumps(soak, indent=1), "```"]

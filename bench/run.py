@@ -46,11 +46,13 @@ async def _stack_sections(stack: DevStack, profile: dict, results: dict) -> None
     results["search"] = await search.grpc_search(stack, profile["requests"])
     _say("chat: REST chat at 1/4/16/64 clients")
     results["chat"] = await search.rest_chat(stack, profile["chat_requests"])
-    _say("quality: docent eval")
-    from services.retrieval.evaluate import DEFAULT_SET, run_eval
+    _say("quality: docent eval (manual corpus, test split, through REST)")
+    from services.evaluation import runner, suite
 
-    results["quality"] = await run_eval(DEFAULT_SET, ingest_target=stack.target("ingest"),
-                                        retrieval_target=stack.target("retrieval"), token=stack.token("bench-eval"))
+    manual = suite.load([suite.SETS_DIR / "manual.json"]).select(split="test")
+    configurations = [runner.CONFIGURATIONS["default"], runner.CONFIGURATIONS["hybrid"]]
+    evaluated = await runner.evaluate_on(stack.gateway_url, manual, [], configurations)
+    results["quality"] = {name: result["overall"] for name, result in evaluated.items()}
 
 
 def run_suite(mode: str) -> dict:

@@ -41,11 +41,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("reindex", help="re-embed every document and chat turn (after changing the embedding model)")
 
-    evaluate = sub.add_parser("eval", help="retrieval quality: recall@k and MRR, dense vs hybrid")
-    evaluate.add_argument("--set", dest="eval_set", default=None, help="evaluation set JSON (default: bench/eval)")
-    evaluate.add_argument("--ingest-target", default=None, help="a running ingest service (default: start one)")
-    evaluate.add_argument("--retrieval-target", default=None, help="a running retrieval service")
-    evaluate.add_argument("--json", default=None, help="also write the report as JSON to this path")
+    evaluate = sub.add_parser("eval", help="answer and citation quality through the REST API (bench/eval sets)")
+    from services.evaluation.cli import add_arguments
+
+    add_arguments(evaluate)
 
     bench = sub.add_parser("bench", help="benchmarks against floors measured in the same run")
     bench.add_argument("--quick", action="store_true")
@@ -85,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return ingest_cli.main(args)
     if command == "eval":
-        from services.retrieval.evaluate import main as eval_main
+        from services.evaluation.cli import main as eval_main
 
-        return eval_main(args)
+        return eval_main(args, argv)
     if command == "bench":
         from bench.run import main as bench_main
 

@@ -67,12 +67,16 @@ def test_extractive_quotes_the_fact_with_its_marker() -> None:
     request = AnswerRequest(query="What is our Q3 revenue?", standalone_query="What is our Q3 revenue?",
                             documents=blocks())
     answer = answer_of(request)
-    assert answer.startswith("Q3 revenue was $5M, driven by enterprise subscriptions. [1]")
-    assert "vacation" not in answer
+    # the answering sentence and the rest of its paragraph, one passage, one citation
+    assert answer == ("Q3 revenue was $5M, driven by enterprise subscriptions. "
+                      "The sales team closed 14 new accounts. [1]")
     assert copied_from_context(answer, request)
-    sources = citations(answer, request.documents, all_when_uncited=False)
-    assert sources[0].chunk_index == 0 and sources[0].marker == 1
-    assert sources[0].snippet.startswith("Q3 revenue was $5M")
+    # sources: every passage the answerer was given, in rank order; the cited one flagged
+    sources = citations(answer, request.documents, request.query)
+    assert [(c.marker, c.cited) for c in sources] == [(1, True), (2, False), (3, False), (4, False)]
+    assert sources[0].chunk_index == 0 and sources[0].snippet.startswith("Q3 revenue was $5M")
+    # an uncited source's snippet is its passage that matches the question best
+    assert "Q3" in sources[2].snippet
 
 
 def test_extractive_follow_up_uses_carried_terms_but_prefers_the_new_ones() -> None:
@@ -82,13 +86,15 @@ def test_extractive_follow_up_uses_carried_terms_but_prefers_the_new_ones() -> N
     request = AnswerRequest(query="How does that compare to Q2?", standalone_query=standalone, history=history,
                             documents=blocks())
     pieces = compose(request)
-    assert pieces[0] == "Q2 revenue was $4.2M after the spring price change. [2]"
-    # the Q3 figure is quoted once, from the document rather than from the earlier answer
-    assert any(piece.startswith("Q3 revenue was $5M") and piece.endswith("[1]") for piece in pieces)
+    assert pieces[0] == "Q2 revenue was $4.2M after the spring price change."
+    assert " ".join(pieces).startswith("Q2 revenue was $4.2M after the spring price change. Churn stayed flat. [2]")
+    # a comparison quotes the other side too: the Q3 figure, once, from the document, not the earlier answer
+    assert any(piece.startswith("Q3 revenue was $5M") for piece in pieces) and pieces[-1].endswith("[1]")
     assert not any(piece.startswith(CHAT_PREFIX) for piece in pieces)
     profit = AnswerRequest(query="and the profit?", standalone_query=rule_rewrite("and the profit?", history),
                            history=history, documents=blocks())
-    assert compose(profit)[0] == "Profit margins improved to 18% in Q3. [3]"
+    assert " ".join(compose(profit)).startswith("Profit margins improved to 18% in Q3.")
+    assert compose(profit)[-1].endswith("[3]")
 
 
 def test_extractive_says_plainly_when_nothing_is_relevant() -> None:
@@ -102,7 +108,8 @@ def test_extractive_says_plainly_when_nothing_is_relevant() -> None:
                              documents=blocks([REPORT[3], REPORT[0]], scores=[0.59, 0.23]))
     assert compose(holidays) == ["The closest passage I found: Employees get 25 days of paid vacation per year. [1]"]
     assert compose(AnswerRequest(query="anything at all", standalone_query="anything at all")) == [NOT_FOUND_ANSWER]
-    assert citations(NOT_FOUND_ANSWER, blocks(), all_when_uncited=True) == []
+    # the passages are still the sources (the context the user can check), none of them cited
+    assert [c.cited for c in citations(NOT_FOUND_ANSWER, blocks())] == [False] * 4
 
 
 def test_extractive_quotes_an_earlier_conversation_without_citing_it() -> None:
@@ -112,7 +119,7 @@ def test_extractive_quotes_an_earlier_conversation_without_citing_it() -> None:
                             standalone_query="what did we say about Q3 revenue?", memories=[memory])
     assert compose(request) == [CHAT_PREFIX + "Q3 revenue was $5M, driven by enterprise subscriptions."]
     assert request.uses_chat_history
-    assert citations(answer_of(request), [], all_when_uncited=False) == []
+    assert citations(answer_of(request), []) == []
     # this conversation's own earlier answer, when no document has it
     history = [HistoryTurn("t1", "Who approved the budget?", "Who approved the budget?",
                            "The budget was approved by the board on 3 March. [2]")]
@@ -144,12 +151,50 @@ def test_sentence_splitting_keeps_figures_and_abbreviations() -> None:
                                "Next"]
 
 
-def test_cited_markers_and_llm_sources_fallback() -> None:
+def test_cited_markers_and_cited_flags() -> None:
     assert cited_markers("A [2]. B [1, 3]. C [2][9]") == [2, 1, 3, 9]
     documents = blocks()
-    assert [c.marker for c in citations("A [2]. B [9]", documents, all_when_uncited=True)] == [2]
-    # an LLM that ignored the citation instruction still drew on every block it was given
-    assert len(citations("Revenue grew.", documents, all_when_uncited=True)) == len(documents)
+    # a marker with no block ([9]) flags nothing; sources stay in rank order
+    assert [(c.marker, c.cited) for c in citations("A [2]. B [9]", documents)] == [
+        (1, False), (2, True), (3, False), (4, False)]
+    # an LLM that ignored the citation instruction: every block is a source, none claimed as cited
+    assert [c.cited for c in citations("Revenue grew.", documents)] == [False] * 4
+
+
+def test_adjacent_chunks_collapse_into_one_source_with_a_page_range() -> None:
+    from docent.v1 import retrieval_pb2
+    from services.chat.answer import context_from_search
+
+    def hit(chunk: int, page: int, text: str, score: float) -> retrieval_pb2.SearchResult:
+        return retrieval_pb2.SearchResult(
+            source=retrieval_pb2.SEARCH_SOURCE_DOCUMENTS, score=score, text=text,
+            document=retrieval_pb2.DocumentChunkHit(document_id="d", filename="m.pdf", chunk_index=chunk,
+                                                    page_start=page, page_end=page))
+
+    # chunk 5 opens with chunk 4's last sentence (the overlap); chunk 9 is far away; chunk 6 joins 4-5
+    results = [hit(5, 3, "Shared sentence here. Second half of the answer.", 0.8),
+               hit(9, 7, "Something else entirely.", 0.7),
+               hit(4, 2, "First half. Shared sentence here.", 0.6),
+               hit(6, 3, "Third part.", 0.5)]
+    context = context_from_search(results)
+    assert [(b.marker, b.chunk_index, b.last_chunk, b.page_start, b.page_end) for b in context.documents] == [
+        (1, 4, 6, 2, 3), (2, 9, 9, 7, 7)]
+    assert context.documents[0].text == "First half. Shared sentence here. Second half of the answer.\n\nThird part."
+    assert context.documents[0].score == pytest.approx(0.8)
+    assert [c.chunk_index_end for c in citations("x [1]", context.documents)] == [6, 9]
+
+
+def test_extractive_answers_an_faq_entry_from_its_opening() -> None:
+    entry = ("# How do I delete a file?\n*Library FAQ*\nUse `os.remove(filename)` or `os.unlink(filename)`. "
+             "For a whole tree use shutil.rmtree. Deleting a file you do not own raises PermissionError.\n"
+             "# How do I copy a file?\nThe shutil module contains a copyfile() function.")
+    other = "Files can be deleted, renamed and copied with many modules; deleting a file is permanent."
+    request = AnswerRequest(query="How can I delete a file in Python?", standalone_query="How can I delete a file?",
+                            documents=blocks([other, entry], scores=[0.62, 0.6]))
+    answer = answer_of(request)
+    # the question line is not an answer; the entry's first sentences are, from the passage that has them
+    assert answer.startswith("Use `os.remove(filename)` or `os.unlink(filename)`.") and answer.endswith("[2]")
+    assert "copyfile" not in answer and "How do I" not in answer
 
 
 # rewrite and history -------------------------------------------------------------------------
@@ -279,7 +324,7 @@ async def test_llm_answerer_streams_and_sends_a_grounded_prompt() -> None:
     assert "[1] (report.pdf, page 1)\nQ3 revenue was $5M" in final and "[2] (report.pdf, page 2)" in final
     assert "not sources, do not cite" in final and "old answer" in final and "[4]" not in final
     assert final.endswith("Question: How does that compare to Q2?")
-    assert [c.marker for c in citations("".join(pieces), request.documents, all_when_uncited=True)] == [2, 1]
+    assert [c.marker for c in citations("".join(pieces), request.documents) if c.cited] == [1, 2]
 
 
 @pytest.mark.parametrize(("mode", "retries", "reason", "attempts"), [
@@ -347,8 +392,8 @@ def test_real_follow_up_moves_to_the_new_subject_and_snippets_show_the_quote(emb
     first = AnswerRequest(query=first_question, standalone_query=first_question, documents=retrieved(first_question))
     first_answer = answer_of(first)
     assert "versions 5 up to 12 of Stata" in first_answer
-    stata_sentence = first_answer.rsplit(" [", 1)[0]
-    source = citations(first_answer, first.documents, all_when_uncited=False)[0]
+    stata_sentence = next(s for s in sentences(first_answer) if "versions 5 up to 12" in s)
+    source = next(c for c in citations(first_answer, first.documents) if c.cited)
     assert stata_sentence in source.snippet  # the snippet shows the quoted passage, not the chunk's start
     assert source.page_start <= 20 <= source.page_end or source.page_start == 19
 

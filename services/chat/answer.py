@@ -1,8 +1,11 @@
-"""The answerer interface, the context it is given, and the citations taken from its answer.
+"""The answerer interface, the context it is given, and the sources of its answer.
 
-Document items of the merged retrieval list become numbered context blocks [1]..[n] (in merged
-rank order); chat-history items become memories, which inform an answer but are never cited.
-An answerer streams the answer text; the sources of a turn are the blocks its answer cites.
+Document items of the merged retrieval list become numbered context blocks [1]..[n] in merged
+rank order; chunks of one document that are adjacent (or overlap) collapse into one block with a
+page range, so a passage cut by a chunk boundary is read, cited and shown once. Chat-history items
+become memories, which inform an answer but are never cited. An answerer streams the answer text;
+the sources of a turn are every block it was given, in rank order, each flagged `cited` when the
+answer cites its [n].
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ class DocumentBlock:
     chunk_index: int
     page_start: int
     page_end: int
+    chunk_index_end: int = -1  # the last chunk of a collapsed block; -1: just chunk_index
+
+    @property
+    def last_chunk(self) -> int:
+        return self.chunk_index if self.chunk_index_end < 0 else self.chunk_index_end
 
     def label(self) -> str:
         if self.page_start and self.page_end and self.page_end != self.page_start:
@@ -68,9 +76,6 @@ class AnswerRequest:
 class Answerer(Protocol):
     # recorded on the turn: "extractive" or the LLM's model name
     model: str
-    # when the answer cites no block at all, are all document blocks its sources? (an LLM that
-    # ignored the citation instruction still drew on them; the extractive answerer always cites)
-    sources_when_uncited: bool
 
     def stream(self, request: AnswerRequest) -> AsyncIterator[str]:
         """The answer text in pieces, in order."""
@@ -85,20 +90,68 @@ class Context:
     memories: list[Memory] = field(default_factory=list)
 
 
+def _join_overlapping(first: str, second: str) -> str:
+    """`second` appended to `first` without the text they share (a chunk opens with its predecessor's
+    trailing sentences)."""
+    for size in range(min(len(first), len(second), 600), 15, -1):
+        if first.endswith(second[:size]):
+            return first + second[size:]
+    return f"{first}\n\n{second}"
+
+
+@dataclass
+class _Group:
+    document_id: str
+    filename: str
+    score: float
+    chunks: dict[int, tuple[str, int, int]]  # chunk index → (text, page_start, page_end)
+
+    def touches(self, document_id: str, chunk_index: int) -> bool:
+        return document_id == self.document_id and (
+            min(self.chunks) - 1 <= chunk_index <= max(self.chunks) + 1)
+
+    def block(self, marker: int) -> DocumentBlock:
+        ordered = sorted(self.chunks.items())
+        text = ordered[0][1][0]
+        for _, (chunk_text, _, _) in ordered[1:]:
+            text = _join_overlapping(text, chunk_text)
+        starts = [start for _, (_, start, _) in ordered if start]
+        ends = [end for _, (_, _, end) in ordered if end]
+        return DocumentBlock(marker=marker, text=text, score=self.score, document_id=self.document_id,
+                             filename=self.filename, chunk_index=ordered[0][0], page_start=min(starts, default=0),
+                             page_end=max(ends, default=0), chunk_index_end=ordered[-1][0])
+
+
+def collapse(hits: Sequence[tuple[retrieval_pb2.DocumentChunkHit, str, float]]) -> list[DocumentBlock]:
+    """Document hits (best first) as numbered blocks: adjacent chunks of one document become one block,
+    at the rank of its best chunk, with that chunk's score."""
+    groups: list[_Group] = []
+    for hit, text, score in hits:
+        touching = [group for group in groups if group.touches(hit.document_id, hit.chunk_index)]
+        if not touching:
+            groups.append(_Group(hit.document_id, hit.filename, score,
+                                 {hit.chunk_index: (text, hit.page_start, hit.page_end)}))
+            continue
+        kept = touching[0]  # the best-ranked one
+        kept.chunks[hit.chunk_index] = (text, hit.page_start, hit.page_end)
+        for other in touching[1:]:  # the new chunk bridged two blocks
+            kept.chunks.update(other.chunks)
+            groups.remove(other)
+    return [group.block(marker) for marker, group in enumerate(groups, start=1)]
+
+
 def context_from_search(results: Sequence[retrieval_pb2.SearchResult]) -> Context:
     context = Context()
+    hits = []
     for result in results:
         if result.source == retrieval_pb2.SEARCH_SOURCE_DOCUMENTS:
-            hit = result.document
-            context.documents.append(DocumentBlock(
-                marker=len(context.documents) + 1, text=result.text, score=result.score,
-                document_id=hit.document_id, filename=hit.filename, chunk_index=hit.chunk_index,
-                page_start=hit.page_start, page_end=hit.page_end))
+            hits.append((result.document, result.text, result.score))
         elif result.source == retrieval_pb2.SEARCH_SOURCE_CHAT_HISTORY:
             turn = result.chat_turn
             context.memories.append(Memory(turn_id=turn.turn_id, conversation_id=turn.conversation_id,
                                            user_message=turn.user_message,
                                            assistant_message=turn.assistant_message, score=result.score))
+    context.documents = collapse(hits)
     return context
 
 
@@ -112,15 +165,21 @@ def cited_markers(answer: str) -> list[int]:
 
 
 def _citing_text(answer: str) -> dict[int, str]:
-    """For each marker, the answer's sentences that cite it (markers removed)."""
+    """For each marker, the answer's sentences that cite it (markers removed): the sentence carrying
+    the marker and the uncited ones right before it (a passage quoted over several sentences is
+    cited once, after its last)."""
     cited: dict[int, list[str]] = {}
-    previous = ""
+    pending: list[str] = []
     for sentence in sentences(answer):
-        # "… write.dta. [1]": a marker after the full stop belongs to the sentence before it
-        text = strip_markers(sentence).strip() or previous
-        for number in cited_markers(sentence):
-            cited.setdefault(number, []).append(text)
-        previous = text
+        text = strip_markers(sentence).strip()
+        markers = cited_markers(sentence)
+        if text:
+            pending.append(text)
+        # "… write.dta. [1]": a marker after the full stop belongs to the sentences before it
+        for number in markers:
+            cited.setdefault(number, []).extend(pending)
+        if markers:
+            pending = []
     return {number: " ".join(parts) for number, parts in cited.items()}
 
 
@@ -152,18 +211,15 @@ def snippet(block_text: str, cited_by: str = "") -> str:
     return ("… " if start > 0 else "") + shorten(text, SNIPPET_CHARS)
 
 
-def citations(answer: str, documents: Sequence[DocumentBlock], *, all_when_uncited: bool) -> list[chat_pb2.Citation]:
-    """The document blocks the answer used, in the order it cites them, each with the passage it drew on."""
-    by_marker = {block.marker: block for block in documents}
+def citations(answer: str, documents: Sequence[DocumentBlock], query: str = "") -> list[chat_pb2.Citation]:
+    """Every block given to the answerer, in rank order, flagged when the answer cites it; each with
+    the passage the answer drew on (or, uncited, the one matching the question best)."""
     citing = _citing_text(answer)
-    used = [by_marker[number] for number in cited_markers(answer) if number in by_marker]
-    if not used and all_when_uncited and answer.strip() and not answer.startswith(NOT_FOUND_ANSWER):
-        used = list(documents)
+    cited = set(cited_markers(answer))
     return [
         chat_pb2.Citation(marker=block.marker, document_id=block.document_id, filename=block.filename,
-                          chunk_index=block.chunk_index, page_start=block.page_start, page_end=block.page_end,
-                          relevance_score=block.score,
-                          snippet=snippet(block.text, citing.get(block.marker, "")))
-        for block in used
+                          chunk_index=block.chunk_index, chunk_index_end=block.last_chunk,
+                          page_start=block.page_start, page_end=block.page_end, relevance_score=block.score,
+                          snippet=snippet(block.text, citing.get(block.marker, query)), cited=block.marker in cited)
+        for block in documents
     ]
-

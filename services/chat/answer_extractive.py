@@ -1,58 +1,74 @@
-"""The offline answerer: quotes the most relevant retrieved sentences, with citation markers.
+"""The offline answerer: the sentence(s) of the retrieved passages that answer the question, cited.
 
-No model and no network: it runs in well under a millisecond for a normal context, and it never
-invents text — every sentence of an answer is copied from the context (document blocks, earlier
-answers found in chat history, or this conversation's recent answers), with only fixed framing
-("From an earlier conversation:", "Earlier in this conversation:") and the [n] markers added.
+No model and no network, well under a millisecond: it never invents text. Every sentence of an
+answer is copied from the context (a document block, or an earlier answer when the question asks
+about the past), with only fixed framing and the [n] marker added.
 
-Scoring, per candidate sentence:
-- lexical: the IDF-weighted share of the user's own key terms the sentence contains, plus 0.35 ×
-  the share of the terms a follow-up rewrite carried over from earlier questions (so "and SPSS
-  files?" is about SPSS: a sentence matching only the previous subject cannot outrank one
-  matching the new one);
-- plus 0.3 × the retrieval score of the block it came from (cosine similarity), so among
-  equally matching sentences the one from the better passage wins; chat-history sentences get
-  a smaller share, so a document stating a fact outranks an earlier answer quoting it.
-A sentence this conversation's recent answers already said scores half (unless the question
-compares: "how does that compare to Q2?" needs the earlier figure again, so there the carried
-terms count fully). At most three sentences
-within 55 % of the best score are quoted, best first; a sentence that also appears in a document
-is quoted once, from the document. Nothing matching → say so.
+How a sentence is chosen:
+- Passages are read line by line, so a heading or a question line ("How do I read SPSS files?")
+  is recognised: it never is the answer, but it tells what the sentences under it answer.
+- Each candidate sentence scores its IDF-weighted share of the user's own key terms, plus a share
+  of the terms a follow-up carried over ("and SPSS?" is about SPSS first, the previous subject
+  second); plus what the heading or question line above it shares with the question (an FAQ
+  entry whose question matches answers in its first sentences); plus the retrieval score of its
+  passage and a small bonus for the passage's rank, so among equally matching sentences the best
+  passage wins; plus a small bonus for opening its section.
+- The answer is the best sentence, followed by the next sentences of the same passage while they
+  continue it and the answer stays short (ANSWER_WORDS); one passage, one citation.
+- A sentence this conversation already answered with scores less, unless the question compares.
+- Earlier conversations (chat memory) are quoted only when the question asks about the past or
+  no document sentence matches: a document that states a fact beats an old answer quoting it.
+- Nothing matching: the closest passage when retrieval found one similar enough, else say so.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
-from services.chat.answer import NOT_FOUND_ANSWER, AnswerRequest
+from services.chat.answer import NOT_FOUND_ANSWER, AnswerRequest, DocumentBlock
 from services.chat.text import fold, key_terms, normalise_space, sentences, shorten, strip_markers, words
 
-MAX_SENTENCES = 3
-RELATIVE_CUTOFF = 0.55
-RETRIEVAL_SHARE = 0.3
-CHAT_RETRIEVAL_DISCOUNT = 0.5
-HISTORY_RETRIEVAL_SCORE = 0.3  # this conversation's recent answers carry no search score
+# tuned on the dev split of bench/eval (docs/QUALITY.md)
 CARRIED_TERM_SHARE = 0.35
+HEADING_SHARE = 0.6
+RETRIEVAL_SHARE = 0.5
+RANK_BONUS = 0.15
+OPENING_BONUS = 0.08
+CODE_PENALTY = 0.3
+# an answer found in the first sentences under a matching heading starts at the heading
+FROM_OPENING_WITHIN = 2
 REPEAT_PENALTY = 0.5
-COMPARATIVE = frozenset({"compare", "compared", "comparison", "versus", "vs", "difference", "differ", "than"})
+COMPARISON_CUTOFF = 0.5
+ANSWER_WORDS = 60
+MIN_SENTENCE_WORDS = 3
 MAX_SENTENCE_CHARS = 400
-# a document block this similar to the question is quoted even without shared words
-SEMANTIC_FALLBACK_SCORE = 0.55
+# a passage this similar to the question is offered even without shared words
+SEMANTIC_FALLBACK_SCORE = 0.45
+MEMORY_SCORE_SHARE = 0.6
+COMPARATIVE = frozenset({"compare", "compared", "comparison", "versus", "vs", "difference", "differ", "than"})
+ABOUT_THE_PAST = frozenset({"earlier", "before", "previously", "previous", "told", "said", "discussed", "remember",
+                            "last", "ago", "asked", "conversation", "mentioned"})
 CHAT_PREFIX = "From an earlier conversation: "
 HISTORY_PREFIX = "Earlier in this conversation: "
-DOCUMENT, MEMORY, HISTORY = "document", "memory", "history"
+CLOSEST_PREFIX = "The closest passage I found: "
+_HEADING_MARK = re.compile(r"^\s*(#{1,6}\s+|\*\*|Q[:.]\s|Question:\s)")
+_LIST_MARK = re.compile(r"^\s*([-*+•]|\d{1,3}[.)])\s+")
+_TERMINAL = re.compile(r"[.!?:;\"')\]]$")
 
 
 @dataclass
-class Candidate:
+class Sentence:
     text: str
-    origin: str
-    marker: int  # document blocks only; 0 otherwise
-    retrieval: float
+    block: DocumentBlock | None
+    paragraph: int  # index of its paragraph in the block; sentences of one paragraph continue each other
+    in_section: int  # its position under its heading: 0 opens the section (-1: no heading in the block)
+    heading: str  # the heading or question line(s) it sits under ("" when none)
     order: int
     terms: frozenset[str]
+    code: bool = False
     score: float = 0.0
 
 
@@ -60,95 +76,238 @@ def _terms(text: str) -> frozenset[str]:
     return frozenset(fold(word) for word in words(text))
 
 
-def _is_own_framing(sentence: str) -> bool:
-    return sentence.startswith(NOT_FOUND_ANSWER[:20]) or sentence.startswith("The closest passage")
+def _is_heading(line: str) -> bool:
+    """A line that names what follows rather than saying it: a Markdown heading, a question, or a
+    short line without closing punctuation (PDF section titles)."""
+    stripped = line.strip()
+    if _HEADING_MARK.match(stripped) or stripped.endswith("?"):
+        return True
+    return len(stripped.split()) <= 10 and not _TERMINAL.search(stripped) and not _LIST_MARK.match(stripped)
 
 
-def _candidates(request: AnswerRequest) -> list[Candidate]:
-    found: list[Candidate] = []
+def _is_listing(sentence: str) -> bool:
+    """A table-of-contents or index line ("read.csv … 10, 32 read.delim … 10"): no answer in it."""
+    return sentence.count("…") + sentence.count(". . .") >= 2
 
-    def add(text: str, origin: str, marker: int, retrieval: float) -> None:
+
+def _lines(text: str) -> Iterator[tuple[str, bool]]:
+    """(text, is_heading) units of a block: a PDF line often ends with the next section's title
+    ("… by write.table. 5. Quoting strings"), which is split off as a heading."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            yield "", False
+            continue
+        if _is_heading(line):
+            yield line, True
+            continue
+        parts = sentences(line)
+        tail = parts[-1] if len(parts) > 1 else ""
+        title_like = tail[:1].isupper() or tail[:1].isdigit()
+        if tail and title_like and not _TERMINAL.search(tail) and len(tail.split()) <= 6:
+            yield line[: line.rfind(tail)].strip(), False
+            yield tail, True
+        else:
+            yield line, False
+
+
+def _looks_like_code(sentence: str) -> bool:
+    symbols = sum(not (char.isalnum() or char.isspace() or char in ".,'’-") for char in sentence)
+    return sentence.startswith((">>>", "$ ", "...")) or symbols > 0.12 * len(sentence)
+
+
+def block_sentences(block: DocumentBlock, first_order: int = 0) -> list[Sentence]:
+    """The answer candidates of a block, in order, each knowing its heading and paragraph."""
+    found: list[Sentence] = []
+    headings: list[str] = []
+    heading_done = True  # the next heading line starts a new heading (else it extends the current one)
+    in_section = -1
+    paragraph = 0
+    buffer: list[str] = []
+
+    def flush() -> None:
+        nonlocal paragraph, in_section, heading_done
+        text = " ".join(buffer).strip()
+        buffer.clear()
+        if not text:
+            return
+        heading_done = True
         for sentence in sentences(text):
-            sentence = sentence.removeprefix(CHAT_PREFIX).removeprefix(HISTORY_PREFIX)
-            if len(sentence) < 3 or _is_own_framing(sentence):
+            if sentence.endswith("?") or len(sentence.split()) < MIN_SENTENCE_WORDS or _is_listing(sentence):
                 continue
-            found.append(Candidate(shorten(sentence, MAX_SENTENCE_CHARS), origin, marker, retrieval, len(found),
-                                   _terms(sentence)))
+            found.append(Sentence(shorten(sentence, MAX_SENTENCE_CHARS), block, paragraph, in_section,
+                                  " ".join(headings), first_order + len(found), _terms(sentence),
+                                  code=_looks_like_code(sentence)))
+            if in_section >= 0:
+                in_section += 1
+        paragraph += 1
 
-    for block in request.documents:
-        add(block.text, DOCUMENT, block.marker, block.score)
-    for memory in request.memories:
-        add(strip_markers(memory.assistant_message), MEMORY, 0, memory.score * CHAT_RETRIEVAL_DISCOUNT)
-    for turn in request.history:
-        add(strip_markers(turn.answer), HISTORY, 0, HISTORY_RETRIEVAL_SCORE * CHAT_RETRIEVAL_DISCOUNT)
+    for line, is_heading in _lines(block.text):
+        if is_heading:
+            flush()
+            if heading_done:
+                headings.clear()
+                heading_done = False
+            headings.append(_HEADING_MARK.sub("", line).strip("*# ").strip())
+            in_section = 0
+        elif not line or _LIST_MARK.match(line) or (buffer and not line[:1].islower()):
+            # a blank line, a list item, or a line that does not continue the previous one: a new paragraph
+            flush()
+            buffer.append(line)
+        else:
+            buffer.append(line)
+    flush()
     return found
 
 
-def _dedupe_key(text: str) -> str:
-    return " ".join(words(text))
-
-
-def _share(terms: list[str], idf: dict[str, float], candidate: Candidate) -> float:
+def _share(terms: Sequence[str], idf: dict[str, float], have: frozenset[str]) -> float:
     total = sum(idf[term] for term in terms)
-    return sum(idf[term] for term in terms if term in candidate.terms) / total if total else 0.0
+    return sum(idf[term] for term in terms if term in have) / total if total else 0.0
 
 
-def rank(request: AnswerRequest) -> list[Candidate]:
-    """Candidate sentences that share terms with the question, best first, duplicates removed."""
-    candidates = _candidates(request)
-    own = key_terms(request.query)
-    carried = [term for term in key_terms(request.standalone_query) if term not in own]
-    if not candidates or not (own or carried):
+@dataclass(frozen=True)
+class Question:
+    own: list[str]
+    carried: list[str]
+    comparing: bool
+    about_the_past: bool
+
+    @classmethod
+    def of(cls, request: AnswerRequest) -> Question:
+        own = key_terms(request.query)
+        carried = [term for term in key_terms(request.standalone_query) if term not in own]
+        asked = {word.lower() for word in words(request.query)}
+        return cls(own, carried, bool(COMPARATIVE & asked), bool(ABOUT_THE_PAST & asked))
+
+    def match(self, idf: dict[str, float], have: frozenset[str]) -> float:
+        own, carried = _share(self.own, idf, have), _share(self.carried, idf, have)
+        if not self.own:
+            return carried
+        return own + (1.0 if self.comparing else CARRIED_TERM_SHARE) * carried
+
+
+def document_sentences(request: AnswerRequest) -> list[Sentence]:
+    candidates: list[Sentence] = []
+    for block in request.documents:
+        candidates.extend(block_sentences(block, len(candidates)))
+    return candidates
+
+
+def rank_document_sentences(request: AnswerRequest, question: Question,
+                            candidates: Sequence[Sentence]) -> list[Sentence]:
+    """Document sentences that share terms with the question (or sit under a heading that does), best first."""
+    if not candidates or not (question.own or question.carried):
         return []
     total = len(candidates)
-    idf = {term: math.log(1 + total / (1 + sum(term in c.terms for c in candidates))) for term in own + carried}
-    said = {_dedupe_key(sentence) for turn in request.history for sentence in sentences(strip_markers(turn.answer))}
-    comparing = bool(COMPARATIVE & {word.lower() for word in words(request.query)})
-    unique: dict[str, Candidate] = {}
+    idf = {term: math.log(1 + total / (1 + sum(term in c.terms for c in candidates)))
+           for term in question.own + question.carried}
+    said = {" ".join(words(sentence)) for turn in request.history for sentence in sentences(strip_markers(turn.answer))}
+    top_score = request.documents[0].score
+    heading_match: dict[str, float] = {}
+    ranked = []
     for candidate in candidates:
-        own_share, carried_share = _share(own, idf, candidate), _share(carried, idf, candidate)
-        if own_share <= 0 and carried_share <= 0:
+        lexical = question.match(idf, candidate.terms)
+        heading = candidate.heading
+        if heading not in heading_match:
+            heading_match[heading] = question.match(idf, _terms(heading)) if heading else 0.0
+        under = heading_match[heading]
+        if lexical <= 0 and under <= 0:
             continue
-        # a comparison is about the earlier subject as much as the new one
-        carried_weight = 1.0 if comparing else CARRIED_TERM_SHARE
-        lexical = own_share + carried_weight * carried_share if own else carried_share
-        candidate.score = lexical + RETRIEVAL_SHARE * candidate.retrieval
-        key = _dedupe_key(candidate.text)
-        if not comparing and (key in said or candidate.origin == HISTORY):
+        block = candidate.block
+        assert block is not None
+        candidate.score = (lexical + HEADING_SHARE * under
+                           + RETRIEVAL_SHARE * (block.score - top_score) + RANK_BONUS / block.marker
+                           + (OPENING_BONUS if candidate.in_section == 0 else 0.0)
+                           - (CODE_PENALTY if candidate.code else 0.0))
+        if not question.comparing and " ".join(words(candidate.text)) in said:
             candidate.score *= REPEAT_PENALTY
-        kept = unique.get(key)
-        # the same sentence from a document beats an earlier answer quoting it
-        if kept is None or (kept.origin != DOCUMENT and candidate.origin == DOCUMENT) or (
-                kept.origin == candidate.origin and candidate.score > kept.score):
-            unique[key] = candidate
-    return sorted(unique.values(), key=lambda c: (-c.score, c.order))
+        ranked.append(candidate)
+    return sorted(ranked, key=lambda c: (-c.score, c.order))
+
+
+def _continuation(best: Sentence, candidates: Sequence[Sentence]) -> list[Sentence]:
+    """The answer's sentences: from the opening of best's section when best is one of its first
+    sentences, else from best; then on while they continue it and the answer stays short."""
+    same_block = sorted((c for c in candidates if c.block is best.block), key=lambda c: c.order)
+    start = best
+    if 0 < best.in_section <= FROM_OPENING_WITHIN:
+        opening = [c for c in same_block if c.order < best.order and c.heading == best.heading and c.in_section == 0]
+        if opening and sum(len(c.text.split()) for c in same_block
+                           if opening[-1].order <= c.order <= best.order) <= ANSWER_WORDS:
+            start = opening[-1]
+    chosen = [c for c in same_block if start.order <= c.order <= best.order]
+    length = sum(len(c.text.split()) for c in chosen)
+    listing = False  # after "…as follows:", the list items continue the answer
+    for sentence in (c for c in same_block if c.order > best.order):
+        last = chosen[-1]
+        listing = listing or last.text.endswith(":")
+        if sentence.order != last.order + 1 or (sentence.paragraph != last.paragraph and not listing):
+            break
+        if sentence.heading != last.heading:
+            break
+        size = len(sentence.text.split())
+        if length + size > ANSWER_WORDS:
+            break
+        chosen.append(sentence)
+        length += size
+    return chosen
+
+
+def _memory_sentences(request: AnswerRequest, question: Question) -> list[tuple[float, str]]:
+    """Sentences of earlier answers (other conversations, then this one) that match the question."""
+    found: list[tuple[float, str, str]] = []
+    for memory in request.memories:
+        found.extend((memory.score, sentence, CHAT_PREFIX) for sentence in sentences(strip_markers(
+            memory.assistant_message)))
+    for turn in request.history:
+        found.extend((0.0, sentence, HISTORY_PREFIX) for sentence in sentences(strip_markers(turn.answer)))
+    found = [(score, text, prefix) for score, text, prefix in found
+             if not text.startswith((NOT_FOUND_ANSWER[:20], CLOSEST_PREFIX.strip()))]
+    if not found or not (question.own or question.carried):
+        return []
+    idf = {term: 1.0 for term in question.own + question.carried}
+    scored = [(question.match(idf, _terms(text)) + MEMORY_SCORE_SHARE * score, prefix + normalise_space(
+        text.removeprefix(CHAT_PREFIX).removeprefix(HISTORY_PREFIX))) for score, text, prefix in found]
+    return sorted((item for item in scored if item[0] > 0), key=lambda item: -item[0])
+
+
+def _quoted(chosen: Sequence[Sentence]) -> list[str]:
+    """The sentences of one passage, its [n] after the last."""
+    texts = [sentence.text for sentence in chosen]
+    marker = chosen[-1].block.marker if chosen[-1].block else 0
+    texts[-1] = f"{texts[-1]} [{marker}]"
+    return texts
 
 
 def compose(request: AnswerRequest) -> list[str]:
-    """The answer as sentences (each with its marker or framing); joined with spaces it is the answer."""
-    ranked = rank(request)
+    """The answer as sentences; the last one of a quoted passage carries its [n]."""
+    question = Question.of(request)
+    candidates = document_sentences(request)
+    ranked = rank_document_sentences(request, question, candidates)
+    if question.about_the_past or not ranked:
+        remembered = _memory_sentences(request, question)
+        if remembered and (not ranked or remembered[0][0] >= ranked[0].score):
+            return [remembered[0][1]]
     if ranked:
-        best = ranked[0].score
-        chosen = [c for c in ranked if c.score >= RELATIVE_CUTOFF * best][:MAX_SENTENCES]
-        return [_render(candidate) for candidate in chosen]
+        best = ranked[0]
+        texts = _quoted(_continuation(best, candidates))
+        if question.comparing:
+            # "how does that compare to Q2?" needs the other side too: the best sentence of another passage
+            other = next((c for c in ranked[1:] if c.block is not best.block), None)
+            if other is not None and other.score >= COMPARISON_CUTOFF * best.score:
+                texts += _quoted([other])
+        return texts
     top = request.documents[0] if request.documents else None
     if top is not None and top.score >= SEMANTIC_FALLBACK_SCORE:
-        first = sentences(top.text)[:2]
-        if first:
-            passage = shorten(" ".join(first), MAX_SENTENCE_CHARS)
-            return [f"The closest passage I found: {passage} [{top.marker}]"]
+        opening = block_sentences(top)[:2]
+        if opening:
+            passage = shorten(" ".join(sentence.text for sentence in opening), MAX_SENTENCE_CHARS)
+            return [f"{CLOSEST_PREFIX}{passage} [{top.marker}]"]
     return [NOT_FOUND_ANSWER]
-
-
-def _render(candidate: Candidate) -> str:
-    if candidate.origin == DOCUMENT:
-        return f"{candidate.text} [{candidate.marker}]"
-    return (CHAT_PREFIX if candidate.origin == MEMORY else HISTORY_PREFIX) + normalise_space(candidate.text)
 
 
 class ExtractiveAnswerer:
     model = "extractive"
-    sources_when_uncited = False
 
     async def stream(self, request: AnswerRequest) -> AsyncIterator[str]:
         for index, piece in enumerate(compose(request)):

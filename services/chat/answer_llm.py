@@ -132,7 +132,6 @@ def build_messages(request: AnswerRequest) -> list[dict[str, str]]:
 
 
 class LLMAnswerer:
-    sources_when_uncited = True
 
     def __init__(self, client: LLMClient) -> None:
         self.client = client

@@ -135,7 +135,7 @@ class ChatPipeline:
         answer = "".join(pieces)
         answer_ms = _ms(answer_started)
 
-        sources = citations(answer, context.documents, all_when_uncited=self.answerer.sources_when_uncited)
+        sources = citations(answer, context.documents, query)
         turn = conversations.NewTurn(
             id=uuid.uuid4(), conversation_id=conversation_id, user_id=user_id, query=query,
             standalone_query=standalone, answer=answer, sources=records.to_json_list(sources),

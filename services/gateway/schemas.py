@@ -175,6 +175,8 @@ class SourceOut(BaseModel):
     page_end: int
     snippet: str
     marker: int
+    cited: bool = Field(False, description="the answer cites this passage as [marker]; the other sources are the "
+                                           "rest of the context it was given, in rank order")
 
 
 class ContextItem(BaseModel):
@@ -235,7 +237,7 @@ def source_json(citation: chat_pb2.Citation) -> dict[str, Any]:
     return {"document_id": citation.document_id, "filename": citation.filename,
             "chunk_index": citation.chunk_index, "relevance_score": round(citation.relevance_score, 6),
             "page_start": citation.page_start, "page_end": citation.page_end, "snippet": citation.snippet,
-            "marker": citation.marker}
+            "marker": citation.marker, "cited": citation.cited}
 
 
 def context_json(result: retrieval_pb2.SearchResult) -> dict[str, Any]:

@@ -180,16 +180,26 @@ export class ChatView {
         title: 'Earlier conversation turns were part of the context for this answer',
       }, el('span', { html: icons.memory }), 'Used chat memory'));
     }
-    if (turn.sources?.length) {
+    // cited passages first; the rest of the context the answer was given follows, muted
+    // (turns stored before the `cited` flag existed listed cited passages only)
+    const sources = turn.sources || [];
+    const cited = sources.filter((s) => s.cited !== false);
+    const others = sources.filter((s) => s.cited === false);
+    const chip = (source, testid, extra = '') => el('button', {
+      type: 'button', class: `source-chip${extra}`, 'data-testid': testid, title: source.snippet,
+      'data-page-start': source.page_start, 'data-page-end': source.page_end,
+      onclick: () => this.showSource(source),
+    }, el('span', { class: 'n', text: String(source.marker) }), el('span', { class: 'name', text: source.filename }),
+    el('span', { class: 'page', text: pageLabel(source) }));
+    if (cited.length) {
       foot.append(el('span', { class: 'sources-label', text: 'Sources' }));
-      for (const source of [...turn.sources].sort((a, b) => a.marker - b.marker)) {
-        foot.append(el('button', {
-          type: 'button', class: 'source-chip', 'data-testid': 'source-chip', title: source.snippet,
-          'data-page-start': source.page_start, 'data-page-end': source.page_end,
-          onclick: () => this.showSource(source),
-        }, el('span', { class: 'n', text: String(source.marker) }), el('span', { class: 'name', text: source.filename }),
-        el('span', { class: 'page', text: pageLabel(source) })));
-      }
+      for (const source of cited) foot.append(chip(source, 'source-chip'));
+    }
+    if (others.length) {
+      const more = el('details', { class: 'more-sources', 'data-testid': 'more-sources' },
+        el('summary', { text: cited.length ? `${others.length} more retrieved` : `Retrieved passages (${others.length})` }));
+      for (const source of others) more.append(chip(source, 'context-chip', ' muted'));
+      foot.append(more);
     }
     const ms = turn.timings?.total_ms;
     if (ms) foot.append(el('span', { class: 'msg-meta', text: `${turn.model || ''} · ${ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`}` }));

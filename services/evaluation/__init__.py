@@ -1,0 +1,1 @@
+"""`docent eval`: answer and citation quality measured through the REST API, as a user sees it."""

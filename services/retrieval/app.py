@@ -59,4 +59,6 @@ class RetrievalApp:
         return await self.store.ping()
 
     async def close(self) -> None:
+        if self.servicer is not None:
+            await self.servicer.rerank.close()
         await self.store.close()

@@ -14,6 +14,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval import sparse
 from services.retrieval.merge import MergedItem, Weights, merge
+from services.retrieval.rerank import RerankStage
 from services.retrieval.store import (
     ChunkRecord,
     Hit,
@@ -124,6 +125,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     def __init__(self, settings: Settings, store: VectorStore, embedder: Embedder | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.rerank = RerankStage.from_settings(settings)
         if embedder is not None:
             self.bind_embedder(embedder)
 
@@ -176,12 +178,16 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             if weights.of(source) <= 0:
                 return []
             # hybrid: the threshold applies to the dense prefetch inside the fusion query
-            return await self.store.search(source, user_id, dense, top_k, filters, sparse=query_sparse,
+            limit = self.rerank.candidates(top_k) if source is Source.DOCUMENTS else top_k
+            return await self.store.search(source, user_id, dense, limit, filters, sparse=query_sparse,
                                            min_score=min_score if hybrid else None)
 
         document_hits, chat_hits = await asyncio.gather(
             fetch(Source.DOCUMENTS, min_documents), fetch(Source.CHAT_HISTORY, min_chat))
         searched = time.perf_counter()
+        # reranking (off by default) counts in merge_ms
+        document_hits = await self.rerank.apply(query, document_hits, top_k=top_k,
+                                                min_score=min_documents if not hybrid else 0.0)
         merged = merge(document_hits, chat_hits, top_k=top_k, weights=weights,
                        min_score_documents=min_documents if not hybrid else 0.0,
                        min_score_chat_history=min_chat if not hybrid else 0.0)

@@ -165,23 +165,25 @@ def test_adjacent_chunks_collapse_into_one_source_with_a_page_range() -> None:
     from docent.v1 import retrieval_pb2
     from services.chat.answer import context_from_search
 
-    def hit(chunk: int, page: int, text: str, score: float) -> retrieval_pb2.SearchResult:
+    def hit(chunk: int, pages: tuple[int, int], text: str, score: float) -> retrieval_pb2.SearchResult:
         return retrieval_pb2.SearchResult(
             source=retrieval_pb2.SEARCH_SOURCE_DOCUMENTS, score=score, text=text,
             document=retrieval_pb2.DocumentChunkHit(document_id="d", filename="m.pdf", chunk_index=chunk,
-                                                    page_start=page, page_end=page))
+                                                    page_start=pages[0], page_end=pages[1]))
 
-    # chunk 5 opens with chunk 4's last sentence (the overlap); chunk 9 is far away; chunk 6 joins 4-5
-    results = [hit(5, 3, "Shared sentence here. Second half of the answer.", 0.8),
-               hit(9, 7, "Something else entirely.", 0.7),
-               hit(4, 2, "First half. Shared sentence here.", 0.6),
-               hit(6, 3, "Third part.", 0.5)]
+    # chunk 5 opens with chunk 4's last sentence (the overlap); chunk 6 joins them; chunk 9 is far away;
+    # chunk 10 follows chunk 9 but starts a new page: a source of its own, so its page stays exact
+    results = [hit(5, (3, 3), "Shared sentence here. Second half of the answer.", 0.8),
+               hit(9, (7, 7), "Something else entirely.", 0.7),
+               hit(4, (2, 3), "First half. Shared sentence here.", 0.6),
+               hit(6, (3, 4), "Third part.", 0.5),
+               hit(10, (8, 8), "A new page.", 0.4)]
     context = context_from_search(results)
     assert [(b.marker, b.chunk_index, b.last_chunk, b.page_start, b.page_end) for b in context.documents] == [
-        (1, 4, 6, 2, 3), (2, 9, 9, 7, 7)]
+        (1, 4, 6, 2, 4), (2, 9, 9, 7, 7), (3, 10, 10, 8, 8)]
     assert context.documents[0].text == "First half. Shared sentence here. Second half of the answer.\n\nThird part."
     assert context.documents[0].score == pytest.approx(0.8)
-    assert [c.chunk_index_end for c in citations("x [1]", context.documents)] == [6, 9]
+    assert [c.chunk_index_end for c in citations("x [1]", context.documents)] == [6, 9, 10]
 
 
 def test_extractive_answers_an_faq_entry_from_its_opening() -> None:

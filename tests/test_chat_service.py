@@ -126,7 +126,8 @@ async def test_the_seed_scenario_fact_follow_up_and_memory(stack: Stack) -> None
     await seed(stack, user)
 
     first = await ask(stack, user, "What is our Q3 revenue?")
-    assert first.answer.startswith("Q3 revenue was $5M, driven by enterprise subscriptions. [1]")
+    assert first.answer.startswith("Q3 revenue was $5M, driven by enterprise subscriptions.")
+    assert first.answer.endswith("[1]") and [s.marker for s in first.sources if s.cited] == [1]
     assert first.sources[0].chunk_index == 0 and first.sources[0].marker == 1
     assert first.sources[0].filename == "report.pdf" and first.sources[0].page_start == 1
     assert first.sources[0].relevance_score > 0.5 and first.sources[0].snippet.startswith("Q3 revenue was $5M")
@@ -142,9 +143,9 @@ async def test_the_seed_scenario_fact_follow_up_and_memory(stack: Stack) -> None
     assert await actors.index_turn(stack.resources, first.id) == actors.INDEXED
     follow_up = await ask(stack, user, "How does that compare to Q2?", first.conversation_id)
     assert follow_up.standalone_query == "Q2 Q3 revenue"
-    assert follow_up.answer.startswith("Q2 revenue was $4.2M after the spring price change. [2]")
+    assert follow_up.answer.startswith("Q2 revenue was $4.2M after the spring price change.")
     assert "$5M" in follow_up.answer
-    assert {source.chunk_index for source in follow_up.sources} == {0, 1}
+    assert {source.chunk_index for source in follow_up.sources if source.cited} == {0, 1}
     assert follow_up.chat_context_used and list(follow_up.history_turn_ids) == [first.id]
     assert chat_items(follow_up) == []  # this conversation's turns come from Postgres, not from search
 
@@ -175,7 +176,7 @@ async def test_stream_chat_yields_deltas_then_the_stored_turn(stack: Stack) -> N
     turn = final.turn
     assert {message.conversation_id for message in messages} == {turn.conversation_id} != {""}
     assert "".join(message.delta for message in deltas) == turn.answer
-    assert turn.answer.startswith("Profit margins improved to 18% in Q3. [1]")
+    assert turn.answer.startswith("Profit margins improved to 18% in Q3.")
     assert (turn.sources[0].marker, turn.sources[0].chunk_index) == (1, 2)
     assert list((await get(stack, user, turn.conversation_id)).turns) == [turn]
     unary = await ask(stack, user, "How did profit margins develop in Q3?")
@@ -310,7 +311,8 @@ async def test_llm_answers_stream_through_the_service(stack: Stack, backing) -> 
             assert len(deltas) > 3 and "".join(m.delta for m in deltas) == turn.answer
             assert turn.answer == "Our Q3 revenue was $5M [1], mostly enterprise subscriptions."
             assert turn.model == "test-model"
-            assert [(s.marker, s.chunk_index) for s in turn.sources] == [(1, 0)]
+            assert [(s.marker, s.chunk_index) for s in turn.sources if s.cited] == [(1, 0)]
+            assert [s.marker for s in turn.sources] == list(range(1, len(turn.sources) + 1))  # the whole context
             (sent,) = fake.requests
             assert sent["stream"] is True and sent["model"] == "test-model"
             assert "[1] (report.pdf, page 1)\nQ3 revenue was $5M" in sent["messages"][-1]["content"]
@@ -333,7 +335,7 @@ async def test_llm_answers_stream_through_the_service(stack: Stack, backing) -> 
     assert answer_request["messages"][1:3] == [
         {"role": "user", "content": "What is our Q3 revenue?"},
         {"role": "assistant", "content": "Our Q3 revenue was $5M, mostly enterprise subscriptions."}]
-    assert [s.chunk_index for s in follow_up.sources] == [1]
+    assert [s.chunk_index for s in follow_up.sources if s.cited] == [1]
 
 
 @pytest.mark.parametrize("failure", ["http_error", "unreachable"])

@@ -1,8 +1,8 @@
 """The answerer interface, the context it is given, and the sources of its answer.
 
 Document items of the merged retrieval list become numbered context blocks [1]..[n] in merged
-rank order; chunks of one document that are adjacent (or overlap) collapse into one block with a
-page range, so a passage cut by a chunk boundary is read, cited and shown once. Chat-history items
+rank order; adjacent chunks of one document that share a page collapse into one block with a page
+range, so a passage cut by a chunk boundary is read, cited and shown once. Chat-history items
 become memories, which inform an answer but are never cited. An answerer streams the answer text;
 the sources of a turn are every block it was given, in rank order, each flagged `cited` when the
 answer cites its [n].
@@ -106,9 +106,17 @@ class _Group:
     score: float
     chunks: dict[int, tuple[str, int, int]]  # chunk index → (text, page_start, page_end)
 
-    def touches(self, document_id: str, chunk_index: int) -> bool:
-        return document_id == self.document_id and (
-            min(self.chunks) - 1 <= chunk_index <= max(self.chunks) + 1)
+    def touches(self, hit: retrieval_pb2.DocumentChunkHit) -> bool:
+        """The hit continues this passage: the next or previous chunk, sharing a page with it (chunks
+        on pages of their own stay separate sources, so a citation keeps its page)."""
+        if hit.document_id != self.document_id:
+            return False
+        for neighbour in (hit.chunk_index - 1, hit.chunk_index + 1):
+            if neighbour in self.chunks:
+                _, start, end = self.chunks[neighbour]
+                if start <= max(hit.page_end, hit.page_start) and hit.page_start <= max(end, start):
+                    return True
+        return False
 
     def block(self, marker: int) -> DocumentBlock:
         ordered = sorted(self.chunks.items())
@@ -123,11 +131,11 @@ class _Group:
 
 
 def collapse(hits: Sequence[tuple[retrieval_pb2.DocumentChunkHit, str, float]]) -> list[DocumentBlock]:
-    """Document hits (best first) as numbered blocks: adjacent chunks of one document become one block,
-    at the rank of its best chunk, with that chunk's score."""
+    """Document hits (best first) as numbered blocks: adjacent chunks of one document that share a page
+    become one block, at the rank of its best chunk, with that chunk's score."""
     groups: list[_Group] = []
     for hit, text, score in hits:
-        touching = [group for group in groups if group.touches(hit.document_id, hit.chunk_index)]
+        touching = [group for group in groups if group.touches(hit)]
         if not touching:
             groups.append(_Group(hit.document_id, hit.filename, score,
                                  {hit.chunk_index: (text, hit.page_start, hit.page_end)}))

@@ -110,8 +110,12 @@ async def evaluate_on(base_url: str, suite: Suite, history_pool: Sequence[Questi
         await client.sign_in(email, password)
         started = time.perf_counter()
         ids = {document.key: await client.upload(document.path) for document in suite.documents}
-        await client.wait_completed(list(ids.values()))
+        statuses = await client.wait_finished(list(ids.values()))
         ingest_seconds = time.perf_counter() - started
+        # a document that failed to ingest stays in: its questions count as misses, as for a user
+        failed = {key: statuses[ids[key]]["error"] for key in ids if statuses[ids[key]]["status"] == "failed"}
+        if failed:
+            log.warning("eval_documents_failed", documents=failed)
         # memory conditions last: their history would otherwise be the others' memory too
         for configuration in sorted(configurations, key=lambda c: c.memory_turns):
             history = await build_history(client, history_pool, configuration.memory_turns, configuration.request)
@@ -132,7 +136,8 @@ async def evaluate_on(base_url: str, suite: Suite, history_pool: Sequence[Questi
             results[configuration.name] = {
                 "description": configuration.description, "env": configuration.env,
                 "request": configuration.request, "history_turns": history,
-                "ingest_seconds": round(ingest_seconds, 1), "overall": summarise(outcomes),
+                "ingest_seconds": round(ingest_seconds, 1), "failed_documents": failed,
+                "overall": summarise(outcomes),
                 "by_corpus": by_group(outcomes, "corpus"), "by_lang": by_group(outcomes, "lang"),
                 "outcomes": [outcome.__dict__ for outcome in outcomes], "samples": samples}
             log.info("eval_configuration_done", configuration=configuration.name,

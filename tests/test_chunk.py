@@ -168,3 +168,74 @@ def test_r_data_end_to_end(count):
     assert covered == set(range(1, 42))
     stata = [chunk for chunk in chunks if "read.dta" in chunk.text and "versions 5 up to 12" in chunk.text]
     assert stata and all(chunk.page_start <= 20 <= chunk.page_end for chunk in stata)
+
+
+# -- tables: one chunk each, or rows under a repeated label and header ----------------------------
+
+TABLE_PDF = DATA / "table_branch-libraries_2p.pdf"
+CAPTION = "Table 1: Opening hours, staff and loans of the branch libraries"
+HEADER = "| Branch | Opening hours per week | Staff | Loans per year | Reading groups |\n|-|-|-|-|-|"
+ROW = re.compile(r"^\| [^|]+ \| \d+ \| \d+ \| [\d,]+ \| (Yes|No) \|$")
+
+
+def table_chunks(chunks: list[Chunk]) -> list[Chunk]:
+    return [chunk for chunk in chunks if "| Branch |" in chunk.text]
+
+
+def test_pdf_table_is_one_chunk_with_its_caption(count):
+    chunks = list(chunk_pages(iter_pages(TABLE_PDF.read_bytes(), PDF), count, max_tokens=200, overlap_tokens=30))
+    check_limits(chunks, count, 200)
+    tables = table_chunks(chunks)
+    assert len(tables) == 1 and tables[0].page_start == tables[0].page_end == 1
+    lines = tables[0].text.split("\n")
+    assert lines[0] == CAPTION and "\n".join(lines[1:3]) == HEADER
+    assert len(lines) == 9 and all(ROW.match(line) for line in lines[3:])
+    # prose never shares a chunk with the table, nor repeats its rows as overlap
+    assert all("|" not in chunk.text for chunk in chunks if chunk not in tables)
+    assert any(chunk.text.startswith("Central is by far") for chunk in chunks)
+
+
+def test_long_pdf_table_is_split_by_rows_under_caption_and_header(count):
+    chunks = list(chunk_pages(iter_pages(TABLE_PDF.read_bytes(), PDF), count, max_tokens=90, overlap_tokens=20))
+    check_limits(chunks, count, 90)
+    tables = table_chunks(chunks)
+    assert len(tables) == 2
+    rows = []
+    for chunk in tables:
+        assert chunk.text.startswith(f"{CAPTION}\n{HEADER}\n")
+        body = chunk.text.split("\n")[3:]
+        assert body and all(ROW.match(line) for line in body)
+        rows += body
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| Central", "| Harbour Street", "| Mill Lane", "| North Green", "| Station Road", "| Westfield"]
+
+
+def test_csv_chunks_each_repeat_the_header_row(count):
+    data = "id,name,city,notes\n" + "".join(f"{n},name {n},city {n % 7},note number {n} of the file\n"
+                                             for n in range(300))
+    chunks = list(chunk_pages(iter_pages(data.encode(), "text/csv"), count, max_tokens=200, overlap_tokens=30))
+    check_limits(chunks, count, 200)
+    assert len(chunks) > 10
+    seen = []
+    for chunk in chunks:
+        lines = chunk.text.split("\n")
+        assert lines[:2] == ["| id | name | city | notes |", "|-|-|-|-|"]
+        assert all(re.fullmatch(r"\| \d+ \| name \d+ \| city \d \| note number \d+ of the file \|", line)
+                   for line in lines[2:])
+        seen += [int(line.split(" | ")[0][2:]) for line in lines[2:]]
+    assert seen == list(range(300))  # every row once, in order, none cut
+
+
+def test_table_without_caption_takes_the_nearest_heading(count):
+    rows = "\n".join(f"| item {n} | {n * 3} |" for n in range(40))
+    prose = " ".join(sentence(n, 1) for n in range(4))
+    text = f"# Stock\n\n## Warehouse B\n\n{prose}\n\n| Item | Count |\n|---|---|\n{rows}\n\nAfter the table. {prose}"
+    chunks = list(chunk_pages([Page(1, text)], count, max_tokens=120, overlap_tokens=30))
+    check_limits(chunks, count, 120)
+    tables = [chunk for chunk in chunks if "| Item | Count |" in chunk.text]
+    assert len(tables) >= 2
+    for chunk in tables:
+        assert chunk.text.startswith("## Warehouse B\n| Item | Count |\n|---|---|\n| item ")
+        assert all(re.fullmatch(r"\| item \d+ \| \d+ \|", line) for line in chunk.text.split("\n")[3:])
+    assert chunks[0].text.startswith("# Stock") and "| item" not in chunks[0].text
+    assert chunks[-1].text.startswith("After the table.")

@@ -159,7 +159,28 @@ def test_ruled_table_rows_are_rendered():
     pages = list(iter_pages(data, PDF))
     assert [page.number for page in pages] == [1, 2]
     assert "|" not in pages[0].text
-    assert "Name | Age | City\nAlice | 31 | Oslo\nBob | 27 | Lima" in pages[1].text
+    # a Markdown table under its title line, in place of the loose cell text pdfium would give
+    assert pages[1].text == "Results table:\n| Name | Age | City |\n|-|-|-|\n| Alice | 31 | Oslo |\n| Bob | 27 | Lima |"
+
+
+def test_libreoffice_table_is_markdown_in_place_with_its_caption():
+    pages = list(iter_pages((DATA / "table_branch-libraries_2p.pdf").read_bytes(), PDF))
+    assert [page.number for page in pages] == [1, 2]
+    paragraphs = pages[0].text.split("\n\n")
+    assert paragraphs[0] == "Branch libraries of Eastmoor" and paragraphs[1].startswith("The town of Eastmoor")
+    assert paragraphs[2] == "\n".join([
+        "Table 1: Opening hours, staff and loans of the branch libraries",
+        "| Branch | Opening hours per week | Staff | Loans per year | Reading groups |",
+        "|-|-|-|-|-|",
+        "| Central | 62 | 24 | 181,400 | Yes |",
+        "| Harbour Street | 40 | 7 | 52,300 | Yes |",
+        "| Mill Lane | 36 | 5 | 38,950 | No |",
+        "| North Green | 44 | 9 | 61,020 | Yes |",
+        "| Station Road | 30 | 4 | 27,480 | No |",
+        "| Westfield | 48 | 11 | 74,615 | Yes |",
+    ])
+    assert paragraphs[3].startswith("Central is by far the busiest branch") and len(paragraphs) == 4
+    assert pages[0].text.count("Harbour Street") == 1  # the cells are not repeated as prose
 
 
 def test_blank_pages_are_skipped_and_numbers_kept():
@@ -223,8 +244,23 @@ def docx_bytes() -> bytes:
 def test_docx_headings_and_tables_in_order():
     pages = list(iter_pages(docx_bytes(), DOCX))
     assert len(pages) == 1 and pages[0].number == 1
-    assert pages[0].text == "# Title\n\nAn opening paragraph.\n\na | b | c\n1 | 2 | 3\n\n## Details\n\n- First point"
+    assert pages[0].text == ("# Title\n\nAn opening paragraph.\n\n| a | b | c |\n|-|-|-|\n| 1 | 2 | 3 |\n\n"
+                             "## Details\n\n- First point")
     assert count_pages(docx_bytes(), DOCX) == 1
+
+
+def test_docx_table_caption_below_moves_above_it():
+    document = docx.Document()
+    document.add_paragraph("Prices of the season.")
+    table = document.add_table(rows=2, cols=2)
+    for r, values in enumerate([("Fruit", "Price"), ("Apple", "2")]):
+        for c, value in enumerate(values):
+            table.cell(r, c).text = value
+    document.add_paragraph("Table 4: Fruit prices", style="Caption")
+    buffer = io.BytesIO()
+    document.save(buffer)
+    text = next(iter_pages(buffer.getvalue(), DOCX)).text
+    assert text == "Prices of the season.\n\nTable 4: Fruit prices\n| Fruit | Price |\n|-|-|\n| Apple | 2 |"
 
 
 @pytest.mark.parametrize("data", [b"PK\x03\x04 not really a zip", b"plain text named .docx"])
@@ -266,18 +302,20 @@ def test_empty_text_file():
     assert reason_of(b"", TXT).reason == EMPTY_FILE
 
 
-def test_csv_rows_carry_their_headers():
-    data = b"name,age,city\nx,3,Oslo\ny,,\"Lima, Peru\"\n\n"
-    assert next(iter_pages(data, CSV)).text == "name: x; age: 3; city: Oslo\n\nname: y; city: Lima, Peru"
+def test_csv_is_one_markdown_table():
+    data = b"name,age,city\nx,3,Oslo\ny,,\"Lima, Peru\"\n\nz,1,a|b\n"
+    assert next(iter_pages(data, CSV)).text == \
+        "| name | age | city |\n|-|-|-|\n| x | 3 | Oslo |\n| y | | Lima, Peru |\n| z | 1 | a\\|b |"
 
 
 def test_csv_dialect_is_sniffed():
     data = "name;city\nJosé;Málaga\n".encode("cp1252")
-    assert next(iter_pages(data, CSV)).text == "name: José; city: Málaga"
+    assert next(iter_pages(data, CSV)).text == "| name | city |\n|-|-|\n| José | Málaga |"
 
 
-def test_csv_header_only():
-    assert next(iter_pages(b"name,age\n", CSV)).text == "columns: name, age"
+def test_csv_header_only_and_one_column():
+    assert next(iter_pages(b"name,age\n", CSV)).text == "| name | age |\n|-|-|"
+    assert next(iter_pages(b"name\nx\ny\n", CSV)).text == "| name |\n|-|\n| x |\n| y |"
 
 
 def test_invalid_csv():

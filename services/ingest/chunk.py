@@ -7,6 +7,10 @@ otherwise between sentences. The next chunk starts with the previous chunk's tra
 (at most `overlap_tokens`), so a fact split by a cut is still whole in one of the two chunks.
 WordPiece counts are additive over whitespace-joined pieces, so the packed sum is the real count;
 every chunk is still counted for real before it is yielded and split further if over.
+
+A Markdown table (services.ingest.tables) is a chunk of its own, never packed with prose: whole
+when it fits, else split by rows with its label (caption, or else the nearest heading above) and
+header row repeated in every piece.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from services.ingest.parse import Page
+from services.ingest.tables import MAX_LABEL_CHARS, Table, read_table
 
 _PARAGRAPHS = re.compile(r"\n[ \t]*\n")
 # a line that stands alone rather than continuing the previous one: headings, list items, table rows
@@ -43,6 +48,12 @@ class _Piece:
     page: int
     breaks_before: bool  # starts a paragraph or a line of its own: a preferred place to cut
     heading: bool = False
+    table: bool = False  # a whole table, or rows of one under its label and header: a chunk of its own
+
+
+@dataclass
+class _Context:
+    heading: str = ""  # the last heading seen, the label of a table that has no caption
 
 
 def _split_long(text: str, tokens: int, count: Callable[[str], int], limit: int) -> Iterator[tuple[str, int]]:
@@ -88,22 +99,82 @@ def _units(paragraph: str) -> list[str]:
     return units
 
 
-def _pieces(page: Page, count: Callable[[str], int], limit: int, continues: bool) -> Iterator[_Piece]:
+def _pieces(page: Page, count: Callable[[str], int], limit: int, continues: bool,
+            context: _Context) -> Iterator[_Piece]:
     for paragraph_number, paragraph in enumerate(_PARAGRAPHS.split(page.text)):
-        for unit_number, unit in enumerate(_units(paragraph)):
-            heading = unit.startswith("#") and unit.lstrip("#").startswith(" ")
-            first = True
-            for sentence in _SENTENCE_BREAK.split(unit):
-                sentence = " ".join(sentence.split())
-                if not sentence:
-                    continue
-                tokens = count(sentence)
-                parts = _split_long(sentence, tokens, count, limit) if tokens > limit else ((sentence, tokens),)
-                for text, part_tokens in parts:
-                    # a sentence running on from the previous page is not a paragraph start
-                    joined = continues and paragraph_number == 0 and unit_number == 0
-                    yield _Piece(text, part_tokens, page.number, first and not joined, heading and first)
-                    first = False
+        table = read_table(paragraph)
+        if table is not None:
+            label = table.label
+            if len(label) > 2 * MAX_LABEL_CHARS:  # prose glued to a table in a Markdown file: not a label
+                yield from _text_pieces(label, page.number, count, limit, False, context)
+                label = ""
+            yield from _table_pieces(label or context.heading, table, count, limit, page.number)
+            continue
+        # a sentence running on from the previous page is not a paragraph start
+        joined = continues and paragraph_number == 0
+        yield from _text_pieces(paragraph, page.number, count, limit, joined, context)
+
+
+def _text_pieces(paragraph: str, page: int, count: Callable[[str], int], limit: int, joined: bool,
+                 context: _Context) -> Iterator[_Piece]:
+    for unit_number, unit in enumerate(_units(paragraph)):
+        heading = unit.startswith("#") and unit.lstrip("#").startswith(" ")
+        if heading:
+            context.heading = " ".join(unit.split())
+        first = True
+        for sentence in _SENTENCE_BREAK.split(unit):
+            sentence = " ".join(sentence.split())
+            if not sentence:
+                continue
+            tokens = count(sentence)
+            parts = _split_long(sentence, tokens, count, limit) if tokens > limit else ((sentence, tokens),)
+            for text, part_tokens in parts:
+                starts = first and not (joined and unit_number == 0)
+                yield _Piece(text, part_tokens, page, starts, heading and first)
+                first = False
+
+
+def _table_pieces(label: str, table: Table, count: Callable[[str], int], limit: int,
+                  page: int) -> Iterator[_Piece]:
+    """The table as one piece, or as pieces of whole rows each under the label and header row."""
+    head = f"{label}\n{table.header}" if label else table.header
+    if label and count(head) > limit // 2:  # a label that long would crowd out the rows
+        head = table.header
+    head_tokens = count(head)
+    if head_tokens > limit // 2:  # a header row that wide: the rows have to go without it
+        head, head_tokens = "", 0
+    if not table.rows:
+        yield from _counted_table([head], count, limit, page)
+        return
+    group: list[str] = []
+    total = head_tokens
+    for row in table.rows:
+        tokens = count(row)
+        if group and total + tokens > limit:
+            yield from _counted_table([head, *group], count, limit, page)
+            group, total = [], head_tokens
+        if head_tokens + tokens > limit:  # one row longer than a chunk: cut it, each part under the header
+            for part, _ in _split_long(row, tokens, count, max(1, limit - head_tokens - 1)):
+                yield from _counted_table([head, part], count, limit, page)
+            continue
+        group.append(row)
+        total += tokens
+    if group:
+        yield from _counted_table([head, *group], count, limit, page)
+
+
+def _counted_table(lines: list[str], count: Callable[[str], int], limit: int, page: int) -> Iterator[_Piece]:
+    """Count the piece for real; a counter that is not additive over lines may need it split again."""
+    head, rows = lines[0], lines[1:]
+    while True:
+        text = "\n".join(line for line in [head, *rows] if line)
+        tokens = count(text)
+        if tokens <= limit or len(rows) <= 1:
+            break
+        middle = len(rows) // 2
+        yield from _counted_table([head, *rows[:middle]], count, limit, page)
+        rows = rows[middle:]
+    yield _Piece(text, tokens, page, True, table=True)
 
 
 def _join(pieces: list[_Piece]) -> str:
@@ -126,6 +197,15 @@ class _Packer:
         self.index = 0
 
     def add(self, piece: _Piece) -> Iterator[Chunk]:
+        if piece.table:
+            # after what is pending (unless that is only overlap, or only the heading the table repeats
+            # as its label), alone, and carrying no overlap on
+            fresh = self.pending[self.carried:]
+            if fresh and not all(p.heading and p.text in piece.text for p in fresh):
+                yield from self._emit(self.pending)
+            self._reset([])
+            yield from self._emit([piece])
+            return
         if piece.heading:
             # a heading starts a section: cut before it unless that leaves a scrap, and carry no
             # overlap from the previous section into it
@@ -230,11 +310,12 @@ def chunk_pages(pages: Iterable[Page], count_tokens: Callable[[str], int], max_t
     if max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
     packer = _Packer(count_tokens, max_tokens, max(0, min(overlap_tokens, max_tokens // 2)))
+    context = _Context()
     previous_text = ""
     for page in pages:
         continues = bool(previous_text) and not _ENDS_SENTENCE.search(previous_text) \
             and bool(_CONTINUES_PAGE.match(page.text.lstrip()))
-        for piece in _pieces(page, count_tokens, max_tokens, continues):
+        for piece in _pieces(page, count_tokens, max_tokens, continues, context):
             yield from packer.add(piece)
         previous_text = page.text.rstrip()[-1:] if page.text.strip() else previous_text
     yield from packer.finish()

@@ -57,17 +57,3 @@ def normalise(text: str) -> str:
     text = _SPACES.sub(" ", text)
     text = _AROUND_NEWLINE.sub("\n", text)
     return _BLANK_LINES.sub("\n\n", text).strip()
-
-
-
-def render_table(rows: list[list[object]]) -> str:
-    """Rows as "a | b | c" lines; a 1-column or 1-row "table" is just a framed box, not a table."""
-    lines = []
-    for row in rows:
-        cells = [" ".join(str(cell).split()) if cell is not None else "" for cell in row]
-        if any(cells):
-            lines.append(" | ".join(cells))
-    if len(lines) < 2 or max(len(row) for row in rows) < 2:
-        return ""
-    return "\n".join(lines)
-

@@ -1,7 +1,7 @@
 """Turn an upload into page-numbered text, one page at a time.
 
 PDFs go through services.ingest.parse_pdf; DOCX, CSV, JSON, TXT and MD become one page of text
-with their structure kept (headings, table rows, "header: value" rows, "path.to.key: value").
+with their structure kept (headings, Markdown tables with their captions, "path.to.key: value").
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from services.ingest.pages import (  # noqa: F401  (re-exported: callers import 
     Page,
     ParseError,
     normalise,
-    render_table,
 )
 from services.ingest.parse_pdf import count_pdf_pages, pdf_pages
+from services.ingest.tables import attach_captions, markdown_row, markdown_table, separator_row
 
 # a zip bomb would otherwise be inflated into memory by python-docx
 MAX_DOCX_UNPACKED_BYTES = 256 * 1024 * 1024
@@ -75,7 +75,7 @@ def _docx_table(table) -> str:
                 cells.append(cell.text)
             previous = cell._tc
         rows.append(cells)
-    return render_table(rows) if rows else ""
+    return markdown_table(rows) if rows else ""
 
 
 def _docx_text(data: bytes) -> str:
@@ -87,17 +87,19 @@ def _docx_text(data: bytes) -> str:
             if sum(info.file_size for info in archive.infolist()) > MAX_DOCX_UNPACKED_BYTES:
                 raise ParseError("the DOCX file is too large once unpacked", DOCX_INVALID)
         document = docx.Document(io.BytesIO(data))
-        blocks = [_docx_table(item) if isinstance(item, Table) else _docx_paragraph(item)
-                  for item in document.iter_inner_content()]
+        items = [(_docx_table(item), True) if isinstance(item, Table) else (_docx_paragraph(item), False)
+                 for item in document.iter_inner_content()]
     except ParseError:
         raise
     except Exception:  # zip, XML and python-docx errors all mean the same thing to the user
         raise ParseError(INVALID_DOCX_MESSAGE, DOCX_INVALID) from None
-    return normalise("\n\n".join(block for block in blocks if block))
+    items = [(block, table) for block, table in items if block]
+    blocks = attach_captions([block for block, _ in items], [table for _, table in items])
+    return normalise("\n\n".join(blocks))
 
 
 def _csv_text(text: str) -> str:
-    """One paragraph per row, "header: value; header: value", so every chunk keeps the column names."""
+    """One Markdown table, header first: the chunker repeats the header row in every chunk of it."""
     sample = text[:CSV_SNIFF_CHARS]
     if len(text) > CSV_SNIFF_CHARS and "\n" in sample:
         sample = sample[:sample.rindex("\n")]
@@ -105,24 +107,23 @@ def _csv_text(text: str) -> str:
         dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel
-    header: list[str] | None = None
-    rows: list[str] = []
+    rows: list[list[str]] = []
     try:
         for row in csv.reader(io.StringIO(text, newline=""), dialect):
-            cells = [" ".join(cell.split()) for cell in row]
-            if not any(cells):
-                continue
-            if header is None:
-                header = [cell or f"column {position + 1}" for position, cell in enumerate(cells)]
-                continue
-            parts = [f"{header[position] if position < len(header) else f'column {position + 1}'}: {cell}"
-                     for position, cell in enumerate(cells) if cell]
-            rows.append("; ".join(parts))
+            if any(cell.strip() for cell in row):
+                rows.append(row)
     except csv.Error as error:
         raise ParseError(f"not a valid CSV file: {error}", CSV_INVALID) from None
-    if header and not rows:
-        rows.append("columns: " + ", ".join(header))
-    return normalise("\n\n".join(rows))
+    if not rows:
+        return ""
+    width = max(len(row) for row in rows)
+    header = [" ".join(cell.split()) or f"column {position + 1}"
+              for position, cell in enumerate(rows[0] + [""] * (width - len(rows[0])))]
+    if len(rows) == 1 or width == 1:  # a header alone, or one column: still a table to the chunker
+        lines = [markdown_row(header), separator_row(width)]
+        lines += [markdown_row([" ".join(cell.split()).replace("|", "\\|") for cell in row]) for row in rows[1:]]
+        return "\n".join(lines)
+    return markdown_table([header, *rows[1:]])
 
 
 def _json_scalar(value: object) -> str:

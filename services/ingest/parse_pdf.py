@@ -8,7 +8,6 @@ paragraphs so the chunker sees real paragraph boundaries.
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 from collections.abc import Iterator
@@ -32,8 +31,8 @@ from services.ingest.pages import (
     Page,
     ParseError,
     normalise,
-    render_table,
 )
+from services.ingest.pdf_tables import MARK, TableReader, put_tables_back, text_around_tables
 
 log = structlog.get_logger("docent.ingest.parse")
 
@@ -41,7 +40,6 @@ log = structlog.get_logger("docent.ingest.parse")
 # upper bound it is a drawing or chart, where pdfplumber is slow and finds no real table.
 TABLE_MIN_SEGMENTS = 8
 TABLE_MAX_SEGMENTS = 4000
-TABLE_CACHE_PAGES = 32
 
 # pdfium keeps global state and is not thread-safe, and Dramatiq runs several actor threads per process
 _PDFIUM_LOCK = threading.RLock()
@@ -99,6 +97,8 @@ class _RunningLines:
             if len(lines) < 2:  # a page's only line is its content, whatever it looks like
                 break
             line = lines[position].strip()
+            if MARK in line:  # a table's place, not furniture
+                break
             shape = _DIGITS.sub("#", line).lower()
             if _PAGE_NUMBER.match(line) or (len(line) <= self.MAX_LENGTH and shape in self.seen):
                 lines.pop(position)
@@ -162,62 +162,10 @@ def _read_pdfium_page(document, index: int) -> tuple[str, bool, float]:
 
 
 
-class _TableReader:
-    """pdfplumber, opened on the first page that needs it and walked forward one page at a time."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pdf = None
-        self._page_objects: Iterator | None = None
-        self._next_index = 0
-        self._pages_read = 0
-        self._broken = False
-
-    def tables(self, index: int) -> str:
-        if self._broken:
-            return ""
-        try:
-            import pdfplumber
-            from pdfminer.pdfpage import PDFPage
-
-            if self._pdf is None:
-                self._pdf = pdfplumber.open(io.BytesIO(self._data))
-                self._page_objects = PDFPage.create_pages(self._pdf.doc)
-            self._pages_read += 1
-            if self._pages_read % TABLE_CACHE_PAGES == 0:
-                # pdfminer caches every object it resolves; on a long document with tables on
-                # every page that would grow to the whole decompressed file
-                for cache in ("_cached_objs", "_parsed_objs"):
-                    getattr(self._pdf.doc, cache, {}).clear()
-            assert self._page_objects is not None
-            page_object = None
-            while self._next_index <= index:
-                page_object = next(self._page_objects)
-                self._next_index += 1
-            if page_object is None:
-                return ""
-            page = pdfplumber.page.Page(self._pdf, page_object, page_number=index + 1)
-            try:
-                found = page.extract_tables()
-            finally:
-                page.close()
-        except Exception as error:  # tables are a bonus: the pdfium text is already there
-            log.info("pdf_tables_skipped", page=index + 1, error=type(error).__name__)
-            self._broken = True
-            return ""
-        return "\n\n".join(rendered for rendered in map(render_table, found) if rendered)
-
-    def close(self) -> None:
-        # not PDF.close(): it builds every page object just to close them
-        if self._pdf is not None:
-            self._pdf.stream.close()
-            self._pdf = self._page_objects = None
-
-
 def pdf_pages(data: bytes, ocr: OcrOptions | None = None) -> Iterator[Page]:
     with _PDFIUM_LOCK:
         document = _open_pdf(data)
-    tables = _TableReader(data)
+    tables = TableReader(data)
     furniture = _RunningLines()
     scans = PageOcr(ocr or OcrOptions())
     found_text = False
@@ -239,11 +187,13 @@ def pdf_pages(data: bytes, ocr: OcrOptions | None = None) -> Iterator[Page]:
                     found_text = True
                     yield Page(index + 1, text)
                 continue
+            found = tables.tables(index) if table_like else []
+            if found:
+                with _PDFIUM_LOCK:
+                    raw = text_around_tables(document, index, found)
             text = _reflow(_LEADER_DOTS.sub(" … ", furniture.remove_from(normalise(raw))))
-            if table_like:
-                rendered = tables.tables(index)
-                if rendered:
-                    text = f"{text}\n\n{rendered}" if text else rendered
+            if found:
+                text = put_tables_back(text, found)
             if text:
                 found_text = True
                 yield Page(index + 1, text)

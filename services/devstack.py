@@ -21,7 +21,7 @@ from services.runtime.auth import jwt_secret, mint_token
 from services.runtime.config import Settings
 
 PORTS = ("gateway", "ingest", "retrieval", "chat", "ingest_metrics", "retrieval_metrics", "chat_metrics",
-         "worker_metrics")
+         "worker_metrics", "supervisor_metrics")
 
 
 def free_port() -> int:

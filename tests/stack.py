@@ -74,7 +74,7 @@ def start_up(extra_env: dict[str, str] | None = None, data_dir: Path | None = No
     data_dir = data_dir or make_data_dir("docent-up-")
     ports = {name: free_port() for name in (
         "gateway", "ingest", "retrieval", "chat",
-        "ingest_metrics", "retrieval_metrics", "chat_metrics", "worker_metrics")}
+        "ingest_metrics", "retrieval_metrics", "chat_metrics", "worker_metrics", "supervisor_metrics")}
     env = {key: value for key, value in os.environ.items() if not key.startswith("DOCENT_")}
     env.update({f"DOCENT_{name.upper()}_PORT": str(port) for name, port in ports.items()})
     env.update({"DOCENT_DATA_DIR": str(data_dir), "DOCENT_GRPC_GRACE_SECONDS": "2", "PYTHONUNBUFFERED": "1"})

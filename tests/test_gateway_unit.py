@@ -61,7 +61,7 @@ def test_status_mapping_keeps_reason_and_message(code, reason, metadata, http) -
 
 
 @pytest.mark.parametrize(("code", "http", "detail"), [
-    (grpc.StatusCode.UNAVAILABLE, 503, "service unavailable"),
+    (grpc.StatusCode.UNAVAILABLE, 503, "the upstream service is unavailable (restarting?); try again shortly"),
     (grpc.StatusCode.DEADLINE_EXCEEDED, 504, "upstream deadline exceeded"),
     (grpc.StatusCode.UNKNOWN, 500, "internal error"),
 ])

@@ -80,18 +80,23 @@ def test_ctrl_c_stops_everything() -> None:
         up.kill_everything()
 
 
-def test_child_crash_is_reported_and_everything_stops() -> None:
-    up = start_up()
+def test_a_crash_loop_ends_docent_up_with_the_last_log_lines() -> None:
+    """One crash is healed (tests/test_self_healing.py); a child that keeps crashing ends `docent up`."""
+    up = start_up({"DOCENT_RESTART_CRASH_LOOP": "2"})
     try:
         up.wait_for("Docent is up.")
+        os.kill(up.child_pid("serve chat"), signal.SIGKILL)
+        up.wait_for("chat restarted", timeout=30)
         up.track_descendants()
         os.kill(up.child_pid("serve chat"), signal.SIGKILL)
         assert up.process.wait(60) == 1
         output = up.output()
-        assert "chat stopped unexpectedly (signal SIGKILL)" in output
-        assert "its last log lines" in output
+        assert "chat stopped unexpectedly (signal SIGKILL); restarting it in 1s" in output
+        assert "chat keeps crashing (2 crashes in 120s, last: signal SIGKILL); giving up" in output
+        assert "its last log lines" in output and "  chat: " in output
         time.sleep(0.5)
         assert up.survivors() == []
+        assert not (up.data_dir / "supervisor.json").exists()
     finally:
         up.kill_everything()
 

@@ -8,6 +8,8 @@ status mapped to HTTP (services/gateway/errors.py). The gateway owns only the ac
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -114,8 +116,16 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
         statuses = await asyncio.gather(*(check(name) for name in UPSTREAMS), check_db())
         results = dict(zip(names, statuses, strict=True))
         ok = all(status == "SERVING" for status in results.values())
-        return JSONResponse({"status": "ready" if ok else "not_ready", "upstreams": results},
-                            status_code=200 if ok else 503)
+        body: dict[str, object] = {"status": "ready" if ok else "not_ready", "upstreams": results}
+        children = supervised_children(settings.data_dir)
+        if children is not None:
+            # under `docent up`: also the roles the gateway cannot see (worker, sweeper, Redis) while one restarts
+            body["children"] = children
+            restarting = sorted(role for role, state in children.items() if state != "running")
+            if restarting:
+                ok = False
+                body.update(status="not_ready", restarting=restarting)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:
@@ -125,6 +135,16 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
     # the web UI; last, so that it never shadows an API route
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
     return app
+
+
+def supervised_children(data_dir: Path) -> dict[str, str] | None:
+    """The state of each role of the `docent up` running for this data dir (None when there is none)."""
+    try:
+        status = json.loads((data_dir / "supervisor.json").read_text())
+        os.kill(int(status["pid"]), 0)  # a file left by a killed `docent up` says nothing
+        return {role: str(entry["state"]) for role, entry in status["roles"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _install_docs(app: FastAPI) -> None:

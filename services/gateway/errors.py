@@ -80,12 +80,22 @@ def from_rpc(error: grpc.RpcError) -> ApiError:
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and status == 429 and "limit_bytes" in metadata:
         status = 413
     message = (error.details() if hasattr(error, "details") else "") or ""
+    headers: dict[str, str] = {}
+    if status == 503 and not info and code == grpc.StatusCode.UNAVAILABLE:
+        # no ErrorInfo: the service itself could not be reached (stopped, restarting); say which
+        from services.gateway.state import request_upstream
+
+        upstream = request_upstream()
+        message = f"the {upstream or 'upstream'} service is unavailable (restarting?); try again shortly"
+        reason = "UPSTREAM_UNAVAILABLE"
+        headers["Retry-After"] = "2"
+        log.warning("upstream_error", code=code.name, reason=reason, upstream=upstream, http_status=status)
+        return ApiError(status, message, reason, headers)
     if status == 500 or (status in (503, 504) and not info):
         # no ErrorInfo: a transport failure (connection refused, deadline) whose text is not for users
         message = _GENERIC.get(status, "internal error")
     if not reason:
         reason = code.name if status != 500 else "INTERNAL"
-    headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status in (429, 503) and metadata.get("retry_after_seconds"):
@@ -122,7 +132,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)
     @app.exception_handler(asyncpg.TooManyConnectionsError)
+    @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)  # Postgres shutting down / recovering
     @app.exception_handler(ConnectionError)
+    @app.exception_handler(FileNotFoundError)  # the embedded server's socket is gone while it restarts
     async def _database_down(_request: Request, error: Exception) -> JSONResponse:
         log.warning("database_unavailable", error=type(error).__name__)
         return ApiError(503, "accounts database is not available", "DATABASE_UNAVAILABLE").response(request_id())

@@ -41,7 +41,7 @@ class RequestContextMiddleware:
             return
         headers = dict(scope.get("headers") or ())
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
-        token = set_request_id(rid)
+        token = set_request_id(rid, scope.get("path", ""))
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
         status = 500

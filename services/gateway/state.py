@@ -14,6 +14,7 @@ from services.runtime.config import Settings
 from services.runtime.grpc_client import call_options
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_request_id", default="")
+_request_path: contextvars.ContextVar[str] = contextvars.ContextVar("gateway_request_path", default="")
 # WatchDocument streams until a terminal state; a browser tab may watch a long document
 WATCH_TIMEOUT_SECONDS = 3600.0
 
@@ -22,12 +23,23 @@ def request_id() -> str:
     return _request_id.get()
 
 
-def set_request_id(value: str) -> contextvars.Token[str]:
+def set_request_id(value: str, path: str = "") -> contextvars.Token[str]:
+    _request_path.set(path)
     return _request_id.set(value)
 
 
 def reset_request_id(token: contextvars.Token[str]) -> None:
     _request_id.reset(token)
+
+
+def request_upstream() -> str:
+    """The gRPC service the current REST request needs, to name it when it is unavailable."""
+    path = _request_path.get()
+    if path.startswith("/api/chat"):
+        return "chat"
+    if path.startswith("/api/upload"):
+        return "ingest"
+    return ""
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,7 @@ def run_sweeper() -> int:
 
     asyncio.run(main())
     return 0
+
+
+if __name__ == "__main__":  # `docent up` runs the sweeper as a child of its own (see DOCENT_WORKER_SWEEPER)
+    raise SystemExit(run_sweeper())

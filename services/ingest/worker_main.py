@@ -27,8 +27,9 @@ def run_worker(queues: list[str] | None = None, processes: int | None = None,
         "--queues", *chosen,
         "--worker-shutdown-timeout", str(int(settings.grpc_grace_seconds * 1000) + 20_000),
         "--skip-logging",
-        "--fork-function", "services.worker:run_sweeper",
     ]
+    if settings.worker_sweeper:
+        argv += ["--fork-function", "services.worker:run_sweeper"]
     # exec: the Dramatiq master takes this pid, so signals (and PR_SET_PDEATHSIG) reach it directly
     os.execv(sys.executable, argv)
     return 0  # unreachable

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     retrieval_metrics_port: int = Field(9052, ge=0, le=65535)
     chat_metrics_port: int = Field(9053, ge=0, le=65535)
     worker_metrics_port: int = Field(9054, ge=0, le=65535)
+    # `docent up` itself (docent_child_restarts_total)
+    supervisor_metrics_port: int = Field(9055, ge=0, le=65535)
 
     # auth: HS256 secret shared by the gateway (which issues tokens) and the gRPC services
     jwt_secret: SecretStr | None = None
@@ -60,6 +62,14 @@ class Settings(BaseSettings):
     grpc_deadline_seconds: float = Field(30.0, gt=0)
     grpc_grace_seconds: float = Field(10.0, ge=0)
     db_pool_max: int = Field(10, ge=1)
+
+    # `docent up`: a child that dies is restarted after 1 s, 2 s, 4 s … up to the max; the backoff starts
+    # over once it stayed up `restart_healthy_seconds`; `restart_crash_loop` crashes of one child within
+    # `restart_crash_window_seconds` end `docent up` (a child that cannot stay up needs a human)
+    restart_backoff_max_seconds: float = Field(30.0, gt=0)
+    restart_healthy_seconds: float = Field(60.0, gt=0)
+    restart_crash_loop: int = Field(5, ge=1)
+    restart_crash_window_seconds: float = Field(120.0, gt=0)
 
     # logging
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -112,6 +122,9 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(120, ge=5)
     sweep_interval_seconds: int = Field(30, ge=1)
     max_attempts: int = Field(5, ge=1)
+    # the sweeper as a Dramatiq fork function beside the workers; `docent up` runs it as its own child
+    # instead, so that it is restarted on its own (Dramatiq does not watch its fork functions)
+    worker_sweeper: bool = True
     webhook_secret: SecretStr | None = None
 
     # OCR of scanned PDF pages, in the worker (RapidOCR on onnxruntime, models shipped in the wheel;

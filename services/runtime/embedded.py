@@ -130,6 +130,7 @@ def _check_traversable(path: Path, user: pwd.struct_passwd) -> None:
 class EmbeddedPostgres:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    _started: float = 0.0
 
     @property
     def pgdata(self) -> Path:
@@ -184,12 +185,16 @@ class EmbeddedPostgres:
             _stop_pid(pid, signal.SIGINT, 15)
 
     def start(self, timeout: float = 60) -> str:
-        started = time.monotonic()
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the server process (quick); `wait_ready` then waits until it takes connections."""
+        self._started = time.monotonic()
         user = _system_user()
         self._prepare(user)
         self._stop_leftover()
-        log_path = self.data_dir / "postgres.log"
-        log_file = open(log_path, "ab")
+        log_file = open(self.data_dir / "postgres.log", "ab")
         self.process = subprocess.Popen(
             [str(_postgres_bin() / "postgres"), "-D", str(self.pgdata), "-p", str(PG_PORT),
              "-k", str(self.sockets), "-h", "", "-c", "logging_collector=off",
@@ -199,15 +204,20 @@ class EmbeddedPostgres:
             **self._run_kwargs(user),  # type: ignore[arg-type]
         )
         log_file.close()
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        assert self.process is not None, "spawn() first"
+        log_path = self.data_dir / "postgres.log"
         deadline = time.monotonic() + timeout
         pidfile = self.pgdata / "postmaster.pid"
         while True:
             if self.process.poll() is not None:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                self.process = None
                 raise EmbeddedError("embedded Postgres exited at start: " + " | ".join(tail))
             try:
                 lines = pidfile.read_text().splitlines()
-                if len(lines) >= 8 and lines[7].strip() == "ready":
+                if len(lines) >= 8 and lines[7].strip() == "ready" and lines[0].strip() == str(self.process.pid):
                     break
             except (FileNotFoundError, PermissionError):
                 pass
@@ -216,7 +226,7 @@ class EmbeddedPostgres:
                 raise EmbeddedError(f"embedded Postgres not ready after {timeout:.0f}s (see {log_path})")
             time.sleep(0.02)
         self._ensure_database()
-        log.info("postgres_started", pid=self.process.pid, seconds=round(time.monotonic() - started, 2),
+        log.info("postgres_started", pid=self.process.pid, seconds=round(time.monotonic() - self._started, 2),
                  socket_dir=str(self.sockets))
         return self.url
 
@@ -247,6 +257,7 @@ class EmbeddedPostgres:
 class EmbeddedRedis:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    _started: float = 0.0
 
     @property
     def redis_dir(self) -> Path:
@@ -290,9 +301,12 @@ class EmbeddedRedis:
             _stop_pid(pid, signal.SIGTERM, 15)
 
     def start(self, timeout: float = 30) -> str:
-        import redis
+        self.spawn()
+        return self.wait_ready(timeout)
 
-        started = time.monotonic()
+    def spawn(self) -> None:
+        """Start the server process (quick); `wait_ready` then waits until it answers PING."""
+        self._started = time.monotonic()
         self.redis_dir.mkdir(parents=True, exist_ok=True)
         socket_dir(self.data_dir).mkdir(parents=True, exist_ok=True)
         if len(str(self.socket_path)) > SUN_PATH_MAX:
@@ -306,11 +320,17 @@ class EmbeddedRedis:
             preexec_fn=lambda: die_with_parent(signal.SIGTERM), start_new_session=True,
         )
         log_file.close()
+
+    def wait_ready(self, timeout: float = 30) -> str:
+        import redis
+
+        assert self.process is not None, "spawn() first"
         client = redis.Redis(unix_socket_path=str(self.socket_path), socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         try:
             while True:
                 if self.process.poll() is not None:
+                    self.process = None
                     raise EmbeddedError("embedded Redis exited at start (see redis.log in the data dir)")
                 try:
                     if client.ping():
@@ -323,7 +343,7 @@ class EmbeddedRedis:
                 time.sleep(0.02)
         finally:
             client.close()
-        log.info("redis_started", pid=self.process.pid, seconds=round(time.monotonic() - started, 2),
+        log.info("redis_started", pid=self.process.pid, seconds=round(time.monotonic() - self._started, 2),
                  socket=str(self.socket_path))
         return self.url
 

@@ -125,3 +125,25 @@ def from_rpc_error(error: grpc.RpcError) -> DocentError:
     message = error.details() if hasattr(error, "details") else "upstream call failed"
     return cls(message or "upstream call failed", reason=info.reason if info else None,
                **(dict(info.metadata) if info else {}))
+
+
+def backing_outage(error: BaseException) -> Unavailable | None:
+    """Postgres or Redis unreachable (down, restarting, in crash recovery) as UNAVAILABLE with a reason.
+
+    A handler does not catch these one by one: the interceptor turns them into a 503-class status the
+    client may retry, instead of INTERNAL, and the pools reconnect once the server is back.
+    """
+    import asyncpg
+    import redis
+
+    if isinstance(error, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                          asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError)):
+        return Unavailable("the database is unavailable (restarting?); try again shortly",
+                           reason="DATABASE_UNAVAILABLE", retry_after_seconds=2)
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        return Unavailable("the queue is unavailable (restarting?); try again shortly",
+                           reason="QUEUE_UNAVAILABLE", retry_after_seconds=2)
+    if isinstance(error, (ConnectionError, FileNotFoundError)):  # a refused or missing socket (embedded servers)
+        return Unavailable("a backing service is unavailable (restarting?); try again shortly",
+                           reason="BACKING_UNAVAILABLE", retry_after_seconds=2)
+    return None

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from services.runtime import metrics
 from services.runtime.auth import Identity, bearer_token, verify_token
 from services.runtime.config import Settings
-from services.runtime.errors import DocentError, Unauthenticated, Unavailable, build_status
+from services.runtime.errors import DocentError, Unauthenticated, Unavailable, backing_outage, build_status
 
 log = structlog.get_logger("docent.grpc")
 
@@ -211,6 +211,11 @@ class _Call:
             return
         if isinstance(error, (GeneratorExit, KeyboardInterrupt, SystemExit)):
             return
+        outage = backing_outage(error)
+        if outage is not None:
+            self.code, self.reason = outage.code, outage.reason
+            log.warning("backing_service_unavailable", reason=outage.reason, error=type(error).__name__)
+            await context.abort_with_status(outage.to_status())
         if isinstance(error, NotImplementedError):
             self.code, self.reason = grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED"
             await context.abort_with_status(

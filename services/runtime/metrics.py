@@ -13,6 +13,7 @@ GRPC_LATENCY = Histogram(
 )
 QUEUE_DEPTH = Gauge("docent_queue_depth", "Messages waiting in a Dramatiq queue", ["queue"])
 DOCUMENTS_BY_STATUS = Gauge("docent_documents", "Documents by processing status", ["status"])
+CHILD_RESTARTS = Counter("docent_child_restarts", "Children of `docent up` restarted after they died", ["role"])
 
 _started_ports: set[int] = set()
 

@@ -1,0 +1,151 @@
+"""`docent up` heals itself: kill -9 each role in turn under a real `docent up`; every other child keeps
+serving, the killed one is restarted, and the system answers again (ready, an upload completes, a chat is
+answered) within 30 s. Nothing that was acknowledged is lost: every document completes once with the chunk
+count of a clean run, every chat turn that got a 200 is stored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import httpx
+import psutil
+import pytest
+
+from tests.stack import UpProcess, start_up
+
+RECOVERY_SECONDS = 30
+TEXT = ("Docent keeps running. The quarterly revenue of the Acme company was 5 million euros. "
+        "The warehouse in Lyon stores spare parts for the blue tractors.\n") * 8
+QUESTION = "Where are the spare parts for the blue tractors stored?"
+
+
+@pytest.fixture(scope="module")
+def up():
+    up = start_up({"DOCENT_SWEEP_INTERVAL_SECONDS": "2", "DOCENT_LEASE_SECONDS": "10"})
+    try:
+        up.wait_for("Docent is up.")
+        yield up
+    finally:
+        up.stop()
+        up.kill_everything()
+
+
+class Client:
+    def __init__(self, up: UpProcess) -> None:
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{up.ports['gateway']}", timeout=30)
+        reply = self.http.post("/api/auth/signup", json={
+            "email": f"heal-{uuid.uuid4().hex[:8]}@example.com", "username": "healer", "password": "password-123"})
+        assert reply.status_code == 201, reply.text
+        self.http.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
+        self.documents: list[str] = []
+        self.turns: list[tuple[str, str]] = []
+
+    def ready(self) -> bool:
+        try:
+            return self.http.get("/ready", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def upload_completes(self, deadline: float) -> bool:
+        tag = uuid.uuid4().hex[:8]  # distinct bytes: an identical upload is deduplicated, not processed
+        reply = self.http.post("/api/upload/", files={"file": (f"{tag}.txt", f"Note {tag}.\n{TEXT}".encode(),
+                                                               "text/plain")})
+        if reply.status_code != 202:
+            return False
+        document_id = reply.json()["id"]
+        self.documents.append(document_id)
+        while time.monotonic() < deadline:
+            status = self.http.get(f"/api/upload/{document_id}/status")
+            if status.status_code == 200 and status.json()["status"] == "completed":
+                return True
+            time.sleep(0.2)
+        return False
+
+    def chat_answers(self) -> bool:
+        reply = self.http.post("/api/chat/", json={"query": QUESTION})
+        if reply.status_code != 200:
+            return False
+        body = reply.json()
+        self.turns.append((body["conversation_id"], body["answer"]))
+        return "Lyon" in body["answer"]
+
+
+def _children(up: UpProcess) -> list[psutil.Process]:
+    return psutil.Process(up.process.pid).children()
+
+
+def pid_of(up: UpProcess, role: str, timeout: float = 10) -> int:
+    """The process to kill for a role: a direct child of `docent up`, or the Dramatiq worker process (waits
+    for it: `docent worker` becomes the Dramatiq master by exec, which then forks its workers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _find(up, role)
+        except (LookupError, psutil.NoSuchProcess):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _find(up: UpProcess, role: str) -> int:
+    if role == "worker process":
+        master = _find(up, "worker")
+        workers = [proc for proc in psutil.Process(master).children() if "dramatiq" in " ".join(proc.cmdline())]
+        if not workers:
+            raise LookupError(role)
+        return workers[0].pid
+    for proc in _children(up):
+        command = proc.cmdline()
+        line = " ".join(command)
+        if ((role == "worker" and "dramatiq" in line) or (role == "sweeper" and "services.ingest.sweeper" in line)
+                or (role == "redis" and "redis-server" in line)
+                or (role == "postgres" and command and command[0].endswith("/postgres"))
+                or f"serve {role}" in line):
+            return proc.pid
+    raise LookupError(role)
+
+
+def test_every_role_killed_in_turn_comes_back(up: UpProcess) -> None:
+    client = Client(up)
+    assert client.upload_completes(time.monotonic() + 60)
+    assert client.chat_answers()
+    clean_chunks = client.http.get(f"/api/upload/{client.documents[0]}/status").json()["chunk_count"]
+    recovered: dict[str, float] = {}
+    # worker process and master, the gRPC services, the gateway, embedded Redis, embedded Postgres
+    roles = ("worker process", "worker", "sweeper", "chat", "gateway", "ingest", "retrieval", "redis", "postgres")
+    for role in roles:
+        restarted = "worker" if role == "worker process" else role
+        before = up.output().count(f"{restarted} stopped unexpectedly")
+        os.kill(pid_of(up, role), signal.SIGKILL)
+        killed = time.monotonic()
+        deadline = killed + RECOVERY_SECONDS
+        while up.output().count(f"{restarted} stopped unexpectedly") == before:
+            assert time.monotonic() < deadline, f"{role}: the supervisor did not notice"
+            time.sleep(0.05)
+        while not client.ready():
+            assert time.monotonic() < deadline, f"{role}: /ready not back after {RECOVERY_SECONDS}s"
+            time.sleep(0.2)
+        while not client.chat_answers():
+            assert time.monotonic() < deadline, f"{role}: no chat answer after {RECOVERY_SECONDS}s"
+            time.sleep(0.5)
+        assert client.upload_completes(deadline), f"{role}: no upload completed in {RECOVERY_SECONDS}s"
+        recovered[role] = round(time.monotonic() - killed, 1)
+        assert up.process.poll() is None
+    print("\nrecovery seconds:", recovered)
+    assert "keeps crashing" not in up.output()
+
+    # nothing lost: every document completed once, with the chunks of a clean run; every answered turn stored
+    for document_id in client.documents:
+        status = client.http.get(f"/api/upload/{document_id}/status").json()
+        assert (status["status"], status["chunk_count"]) == ("completed", clean_chunks), status
+    for conversation_id, answer in client.turns:
+        stored = client.http.get(f"/api/chat/conversations/{conversation_id}").json()
+        assert [turn["answer"] for turn in stored["turns"]] == [answer]
+    metrics = httpx.get(f"http://127.0.0.1:{up.ports['supervisor_metrics']}/metrics").text
+    for role in ("worker", "sweeper", "chat", "gateway", "ingest", "retrieval", "redis", "postgres"):
+        assert f'docent_child_restarts_total{{role="{role}"}}' in metrics
+    assert 'docent_child_restarts_total{role="worker"} 2.0' in metrics

@@ -35,8 +35,8 @@ from services.chat.text import fold, key_terms, normalise_space, sentences, shor
 CARRIED_TERM_SHARE = 0.35
 HEADING_SHARE = 0.6
 RETRIEVAL_SHARE = 0.5
-RANK_BONUS = 0.15
-OPENING_BONUS = 0.08
+RANK_BONUS = 0.3
+OPENING_BONUS = 0.0
 CODE_PENALTY = 0.3
 # an answer found in the first sentences under a matching heading starts at the heading
 FROM_OPENING_WITHIN = 2
@@ -51,6 +51,7 @@ MEMORY_SCORE_SHARE = 0.6
 COMPARATIVE = frozenset({"compare", "compared", "comparison", "versus", "vs", "difference", "differ", "than"})
 ABOUT_THE_PAST = frozenset({"earlier", "before", "previously", "previous", "told", "said", "discussed", "remember",
                             "last", "ago", "asked", "conversation", "mentioned"})
+LEANING_OPENERS = frozenset({"this", "it", "these", "they", "such", "that", "those", "its", "their", "then", "also"})
 CHAT_PREFIX = "From an earlier conversation: "
 HISTORY_PREFIX = "Earlier in this conversation: "
 CLOSEST_PREFIX = "The closest passage I found: "
@@ -82,7 +83,9 @@ def _is_heading(line: str) -> bool:
     stripped = line.strip()
     if _HEADING_MARK.match(stripped) or stripped.endswith("?"):
         return True
-    return len(stripped.split()) <= 10 and not _TERMINAL.search(stripped) and not _LIST_MARK.match(stripped)
+    # a short line starting in lower case is a command or code ("make install-strip"), part of the text
+    return (len(stripped.split()) <= 10 and not _TERMINAL.search(stripped) and not _LIST_MARK.match(stripped)
+            and not stripped[:1].islower())
 
 
 def _is_listing(sentence: str) -> bool:
@@ -225,6 +228,12 @@ def rank_document_sentences(request: AnswerRequest, question: Question,
     return sorted(ranked, key=lambda c: (-c.score, c.order))
 
 
+def _leans_on_previous(sentence: str) -> bool:
+    """A sentence that cannot stand alone: it continues a cut line, or refers back ("This …")."""
+    first = sentence.split(maxsplit=1)[0] if sentence.strip() else ""
+    return first[:1].islower() or first.lower() in LEANING_OPENERS
+
+
 def _continuation(best: Sentence, candidates: Sequence[Sentence]) -> list[Sentence]:
     """The answer's sentences: from the opening of best's section when best is one of its first
     sentences, else from best; then on while they continue it and the answer stays short."""
@@ -235,6 +244,9 @@ def _continuation(best: Sentence, candidates: Sequence[Sentence]) -> list[Senten
         if opening and sum(len(c.text.split()) for c in same_block
                            if opening[-1].order <= c.order <= best.order) <= ANSWER_WORDS:
             start = opening[-1]
+    elif _leans_on_previous(best.text):
+        previous = [c for c in same_block if c.order == best.order - 1 and c.paragraph == best.paragraph]
+        start = previous[0] if previous else best
     chosen = [c for c in same_block if start.order <= c.order <= best.order]
     length = sum(len(c.text.split()) for c in chosen)
     listing = False  # after "…as follows:", the list items continue the answer

@@ -67,11 +67,12 @@ class Outcome:
     answer_words: int
     latency_ms: float
     not_found: bool
+    failed: bool = False  # the chat call itself failed (an error status): a miss
 
 
 def score(question_id: str, corpus: str, lang: str, document_id: str, pages: frozenset[int], gold: str,
           answer: str, context: Sequence[Ranked], sources: Sequence[Ranked], latency_ms: float,
-          not_found: bool) -> Outcome:
+          not_found: bool, failed: bool = False) -> Outcome:
     return Outcome(
         question_id=question_id, corpus=corpus, lang=lang,
         context_rank=first_hit_rank(context, document_id, pages),
@@ -79,7 +80,8 @@ def score(question_id: str, corpus: str, lang: str, document_id: str, pages: fro
         cited_hit=any(item.cited and is_hit(item, document_id, pages) for item in sources),
         cited_count=sum(item.cited for item in sources), source_count=len(sources),
         has_gold=bool(gold), gold_in_answer=contains_gold(answer, gold),
-        answer_words=len(_MARKER.sub(" ", answer).split()), latency_ms=latency_ms, not_found=not_found)
+        answer_words=len(_MARKER.sub(" ", answer).split()), latency_ms=latency_ms, not_found=not_found,
+        failed=failed)
 
 
 def _ranking(ranks: list[int | None], prefix: str) -> dict[str, float]:
@@ -108,9 +110,11 @@ def summarise(outcomes: Iterable[Outcome]) -> dict[str, float]:
     values["gold_questions"] = len(with_gold)
     values["cited_per_answer"] = statistics.fmean(row.cited_count for row in rows)
     values["not_found"] = sum(row.not_found for row in rows) / len(rows)
+    values["failed"] = sum(row.failed for row in rows)
     values["answer_words_p50"] = statistics.median(row.answer_words for row in rows)
-    values["latency_ms_p50"] = statistics.median(row.latency_ms for row in rows)
-    values["latency_ms_p95"] = percentile([row.latency_ms for row in rows], 0.95)
+    answered = [row.latency_ms for row in rows if not row.failed] or [0.0]
+    values["latency_ms_p50"] = statistics.median(answered)
+    values["latency_ms_p95"] = percentile(answered, 0.95)
     return {name: round(value, 4) for name, value in values.items()}
 
 

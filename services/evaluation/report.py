@@ -10,12 +10,14 @@ COLUMNS = (
     ("sources_r@1", "src R@1"), ("sources_r@5", "src R@5"), ("sources_r@10", "src R@10"),
     ("sources_mrr", "src MRR"), ("sources_ndcg@10", "src nDCG@10"), ("cited_hit", "cited ∋ page"),
     ("gold_in_answer", "gold in answer"), ("cited_per_answer", "cited/answer"), ("not_found", "not found"),
-    ("answer_words_p50", "words p50"), ("latency_ms_p50", "ms p50"), ("latency_ms_p95", "ms p95"),
+    ("failed", "errors"), ("answer_words_p50", "words p50"), ("latency_ms_p50", "ms p50"), ("latency_ms_p95", "ms p95"),
 )
 PLOTTED = (("sources_r@5", "sources R@5"), ("cited_hit", "answer page cited"), ("gold_in_answer", "gold in answer"))
 
 
 def _cell(name: str, value: float) -> str:
+    if name == "failed":
+        return str(int(value))
     if name.startswith(("latency", "answer_words")):
         return f"{value:.0f}" if name.startswith("answer") else f"{value:.1f}"
     return f"{value:.2f}" if name == "cited_per_answer" else f"{value:.3f}"

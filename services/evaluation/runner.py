@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from services.evaluation.client import RestClient
+from services.evaluation.client import EvalClientError, RestClient
 from services.evaluation.metrics import Outcome, Ranked, by_group, score, summarise
 from services.evaluation.suite import Question, Suite
 
@@ -61,11 +62,17 @@ def _ranked_sources(body: dict) -> list[Ranked]:
 
 async def ask(client: RestClient, question: Question, document_id: str,
               request: dict[str, Any]) -> tuple[Outcome, dict]:
-    body, latency = await client.chat(question.text, **request)
+    """One question in a conversation of its own; a failed call is a miss, recorded with its error."""
+    try:
+        body, latency = await client.chat(question.text, **request)
+    except EvalClientError as error:
+        log.warning("eval_question_failed", question=question.id, error=str(error))
+        body, latency = {"answer": "", "error": str(error)}, 0.0
     outcome = score(question.id, question.corpus, question.lang, document_id, question.pages, question.answer,
                     body["answer"], _ranked_context(body), _ranked_sources(body), latency,
-                    body["answer"].startswith(NOT_FOUND_PREFIX))
-    await client.delete_conversation(body["conversation_id"])
+                    body["answer"].startswith(NOT_FOUND_PREFIX), failed="error" in body)
+    if body.get("conversation_id"):
+        await client.delete_conversation(body["conversation_id"])
     return outcome, body
 
 
@@ -164,5 +171,9 @@ async def evaluate(suite: Suite, history_pool: Sequence[Question], configuration
             results.update(await evaluate_on(stack.gateway_url, suite, history_pool, members,
                                              keep_answers=keep_answers, turns_log=turns_log))
         finally:
+            if any(results.get(c.name, {}).get("overall", {}).get("failed") for c in members):
+                kept = Path(tempfile.gettempdir()) / f"docent-eval-{int(time.time())}.log"
+                kept.write_text(stack.output())
+                log.warning("eval_server_log_kept", path=str(kept))
             await asyncio.to_thread(stack.remove)
     return {configuration.name: results[configuration.name] for configuration in configurations}

@@ -37,6 +37,7 @@ HEADING_SHARE = 0.6
 RETRIEVAL_SHARE = 0.5
 RANK_BONUS = 0.3
 OPENING_BONUS = 0.0
+EXACT_SHARE = 0.5
 CODE_PENALTY = 0.3
 # an answer found in the first sentences under a matching heading starts at the heading
 FROM_OPENING_WITHIN = 2
@@ -57,6 +58,7 @@ HISTORY_PREFIX = "Earlier in this conversation: "
 CLOSEST_PREFIX = "The closest passage I found: "
 _HEADING_MARK = re.compile(r"^\s*(#{1,6}\s+|\*\*|Q[:.]\s|Question:\s)")
 _LIST_MARK = re.compile(r"^\s*([-*+•]|\d{1,3}[.)])\s+")
+_EXACT = re.compile(r"'([^'\s]{1,24})'|\"([^\"\s]{1,24})\"|`([^`]{1,40})`|(?<!\S)(%[A-Za-z%:]{1,3})(?![\w])")
 _TERMINAL = re.compile(r"[.!?:;\"')\]]$")
 
 
@@ -168,19 +170,34 @@ def _share(terms: Sequence[str], idf: dict[str, float], have: frozenset[str]) ->
     return sum(idf[term] for term in terms if term in have) / total if total else 0.0
 
 
+def exact_tokens(query: str) -> list[re.Pattern[str]]:
+    """Identifiers the question quotes or writes as code ('q', `%A`, "%%"): matched case-sensitively
+    and whole, since word matching drops one-letter and symbol tokens (table questions live on them)."""
+    found = []
+    for match in _EXACT.finditer(query):
+        token = next(group for group in match.groups() if group)
+        found.append(re.compile(rf"(?<![\w%]){re.escape(token)}(?![\w])"))
+    return found
+
+
 @dataclass(frozen=True)
 class Question:
     own: list[str]
     carried: list[str]
     comparing: bool
     about_the_past: bool
+    exact: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
     def of(cls, request: AnswerRequest) -> Question:
         own = key_terms(request.query)
         carried = [term for term in key_terms(request.standalone_query) if term not in own]
         asked = {word.lower() for word in words(request.query)}
-        return cls(own, carried, bool(COMPARATIVE & asked), bool(ABOUT_THE_PAST & asked))
+        return cls(own, carried, bool(COMPARATIVE & asked), bool(ABOUT_THE_PAST & asked),
+                   tuple(exact_tokens(request.query)))
+
+    def exact_share(self, text: str) -> float:
+        return sum(1 for pattern in self.exact if pattern.search(text)) / len(self.exact) if self.exact else 0.0
 
     def match(self, idf: dict[str, float], have: frozenset[str]) -> float:
         own, carried = _share(self.own, idf, have), _share(self.carried, idf, have)
@@ -214,11 +231,12 @@ def rank_document_sentences(request: AnswerRequest, question: Question,
         if heading not in heading_match:
             heading_match[heading] = question.match(idf, _terms(heading)) if heading else 0.0
         under = heading_match[heading]
-        if lexical <= 0 and under <= 0:
+        exact = question.exact_share(candidate.text)
+        if lexical <= 0 and under <= 0 and exact <= 0:
             continue
         block = candidate.block
         assert block is not None
-        candidate.score = (lexical + HEADING_SHARE * under
+        candidate.score = (lexical + HEADING_SHARE * under + EXACT_SHARE * exact
                            + RETRIEVAL_SHARE * (block.score - top_score) + RANK_BONUS / block.marker
                            + (OPENING_BONUS if candidate.in_section == 0 else 0.0)
                            - (CODE_PENALTY if candidate.code else 0.0))

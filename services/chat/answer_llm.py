@@ -21,6 +21,7 @@ from services.chat.history import HistoryTurn
 from services.chat.text import shorten, strip_markers
 from services.runtime.config import Settings
 from services.runtime.errors import Unavailable
+from services.runtime.grpc_server import remaining_seconds
 
 log = structlog.get_logger("docent.chat.llm")
 
@@ -54,11 +55,18 @@ class LLMClient:
                              max_retries=settings.llm_max_retries)
         return cls(client, settings.llm_model)
 
+    def _timeout(self) -> float:
+        """Per attempt: the configured timeout, or less when the user request's deadline is nearer. The
+        client's own retries (1 + DOCENT_LLM_MAX_RETRIES attempts) are the only ones (docs/RELIABILITY.md)."""
+        configured = self.client.timeout
+        return remaining_seconds(configured if isinstance(configured, (int, float)) else 60.0)
+
     async def stream(self, messages: Sequence[dict[str, str]], **params: Any) -> AsyncIterator[str]:
         """The completion's text pieces as they arrive."""
         try:
             stream = await self.client.chat.completions.create(
-                model=self.model, messages=list(messages), stream=True, **params)  # type: ignore[arg-type]
+                model=self.model, messages=list(messages), stream=True, timeout=self._timeout(),
+                **params)  # type: ignore[arg-type]
             async with stream:
                 async for chunk in stream:
                     for choice in chunk.choices or ():
@@ -71,7 +79,8 @@ class LLMClient:
     async def complete(self, messages: Sequence[dict[str, str]], **params: Any) -> str:
         try:
             reply = await self.client.chat.completions.create(
-                model=self.model, messages=list(messages), stream=False, **params)  # type: ignore[arg-type]
+                model=self.model, messages=list(messages), stream=False, timeout=self._timeout(),
+                **params)  # type: ignore[arg-type]
         except openai.OpenAIError as error:
             raise llm_unavailable(error) from None
         if not reply.choices:

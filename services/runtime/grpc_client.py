@@ -1,7 +1,7 @@
 """gRPC client channels: one place for retry policy, keepalive and per-call metadata.
 
-Every call made with `call_options()` carries a deadline, the caller's bearer token and the
-request id, so a request can be followed across services in the logs.
+Every call made with `call_options()` carries a deadline (never later than the one of the RPC it
+serves), the caller's bearer token and the request id, so a request can be followed across services.
 """
 
 from __future__ import annotations
@@ -10,25 +10,17 @@ import json
 
 import grpc
 
-from services.runtime.grpc_server import MAX_MESSAGE_BYTES, current_request_id
+from services.runtime.grpc_server import MAX_MESSAGE_BYTES, current_request_id, remaining_seconds
 
-DOCENT_SERVICES = ("docent.v1.IngestService", "docent.v1.RetrievalService", "docent.v1.ChatService")
-
-# Retries only on UNAVAILABLE (connection refused / restarting server): those calls never reached
-# a handler, so retrying cannot double-apply anything.
+# No retryPolicy: UNAVAILABLE does not prove that a call never ran (handlers raise it themselves, e.g.
+# LLM_UNAVAILABLE, and a connection cut mid-call ends the same way), and the layer above owns the retry
+# (docs/RELIABILITY.md): the REST client for user requests, Dramatiq for background jobs. What remains
+# is gRPC's transparent retry (grpc.enable_retries), for calls that provably never reached a handler:
+# never sent, or refused by the server's transport (REFUSED_STREAM, GOAWAY). A call to a service that
+# is down fails at once (UNAVAILABLE → 503 with a reason), it does not wait for it.
 _SERVICE_CONFIG = json.dumps({
     # spreads calls over every address a dns:/// target resolves to (a headless Service's pods)
     "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [{
-        "name": [{"service": name} for name in DOCENT_SERVICES],
-        "retryPolicy": {
-            "maxAttempts": 5,
-            "initialBackoff": "0.1s",
-            "maxBackoff": "2s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }]
 })
 
 CHANNEL_OPTIONS = [
@@ -63,5 +55,6 @@ def call_metadata(token: str | None, request_id: str | None = None) -> tuple[tup
 
 
 def call_options(token: str | None, timeout: float, request_id: str | None = None) -> dict[str, object]:
-    """Keyword arguments for a stub call: deadline + metadata."""
-    return {"timeout": timeout, "metadata": call_metadata(token, request_id)}
+    """Keyword arguments for a stub call: deadline + metadata. Inside an RPC handler the deadline is
+    capped by the caller's, so one user request has one deadline across every hop."""
+    return {"timeout": remaining_seconds(timeout), "metadata": call_metadata(token, request_id)}

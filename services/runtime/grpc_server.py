@@ -48,6 +48,8 @@ SERVER_OPTIONS = [
 _identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("docent_identity", default=None)
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("docent_request_id", default="")
 _token: contextvars.ContextVar[str] = contextvars.ContextVar("docent_token", default="")
+# monotonic time at which the RPC being served expires (its caller's deadline), if it has one
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("docent_deadline", default=None)
 
 
 def current_identity() -> Identity:
@@ -69,6 +71,15 @@ def current_request_id() -> str:
 def current_token() -> str:
     """The caller's bearer token, to call another service on the caller's behalf."""
     return _token.get()
+
+
+def remaining_seconds(limit: float) -> float:
+    """`limit`, or less if the RPC being served must be answered sooner: a call made on its behalf
+    (to another service, to the LLM) never outlives the user request's one deadline."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return limit
+    return max(min(limit, deadline - time.monotonic()), 0.001)
 
 
 class ServiceApp(Protocol):
@@ -182,6 +193,9 @@ class _Call:
     async def enter(self) -> None:
         request_id = str(self._metadata.get("x-request-id") or uuid.uuid4().hex)
         self._tokens.append(_request_id.set(request_id))
+        remaining = self.context.time_remaining()
+        if remaining is not None:
+            self._tokens.append(_deadline.set(time.monotonic() + remaining))
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=self.method)
         if self.public:
             return

@@ -46,6 +46,10 @@ def normalise(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", _MARKER.sub(" ", text).lower()).replace(". ", " ").split()).strip(" .")
 
 
+def cited_numbers(answer: str) -> list[int]:
+    return [int(number) for marker in _MARKER.findall(answer) for number in re.findall(r"\d+", marker)]
+
+
 def contains_gold(answer: str, gold: str) -> bool:
     return bool(gold) and normalise(gold) in normalise(answer)
 
@@ -68,6 +72,7 @@ class Outcome:
     latency_ms: float
     not_found: bool
     failed: bool = False  # the chat call itself failed (an error status): a miss
+    markers_valid: bool = True  # every [n] of the answer names a source it was given
 
 
 def score(question_id: str, corpus: str, lang: str, document_id: str, pages: frozenset[int], gold: str,
@@ -81,7 +86,7 @@ def score(question_id: str, corpus: str, lang: str, document_id: str, pages: fro
         cited_count=sum(item.cited for item in sources), source_count=len(sources),
         has_gold=bool(gold), gold_in_answer=contains_gold(answer, gold),
         answer_words=len(_MARKER.sub(" ", answer).split()), latency_ms=latency_ms, not_found=not_found,
-        failed=failed)
+        failed=failed, markers_valid=set(cited_numbers(answer)) <= set(range(1, len(sources) + 1)))
 
 
 def _ranking(ranks: list[int | None], prefix: str) -> dict[str, float]:
@@ -111,6 +116,8 @@ def summarise(outcomes: Iterable[Outcome]) -> dict[str, float]:
     values["cited_per_answer"] = statistics.fmean(row.cited_count for row in rows)
     values["not_found"] = sum(row.not_found for row in rows) / len(rows)
     values["failed"] = sum(row.failed for row in rows)
+    # groundedness of the citations: every [n] names a passage the answerer was given
+    values["markers_valid"] = sum(row.markers_valid for row in rows) / len(rows)
     values["answer_words_p50"] = statistics.median(row.answer_words for row in rows)
     answered = [row.latency_ms for row in rows if not row.failed] or [0.0]
     values["latency_ms_p50"] = statistics.median(answered)

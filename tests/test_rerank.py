@@ -54,9 +54,15 @@ class StandIn(ThreadingHTTPServer):
     def base(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def count(self, mode: str) -> int:
-        with self.lock:
-            return sum(1 for path, _ in self.requests if path.split("/")[1] == mode)
+    def count(self, mode: str, *, settle: float = 0.0) -> int:
+        """Requests seen for `mode`; with `settle`, wait that long for late ones to be read (loaded machine)."""
+        deadline = time.monotonic() + settle
+        while True:
+            with self.lock:
+                seen = sum(1 for path, _ in self.requests if path.split("/")[1] == mode)
+            if time.monotonic() >= deadline:
+                return seen
+            time.sleep(0.05)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -194,7 +200,7 @@ async def test_a_hanging_server_is_cut_off_per_attempt(standin: StandIn) -> None
     elapsed = time.monotonic() - started
     # two attempts of 0.3 s and a 0.1 s backoff, nowhere near the stand-in's 10 s hang
     assert 0.6 <= elapsed < 2.0
-    assert standin.count("hang") - before == 2
+    assert standin.count("hang", settle=1.0) - before == 2
 
 
 async def test_a_client_error_is_not_retried(standin: StandIn) -> None:
@@ -311,7 +317,7 @@ async def test_stage_off_is_a_no_op() -> None:
 @pytest.fixture(scope="module")
 async def reranked_retrieval(embedder, standin: StandIn):
     settings = make_settings(rerank="endpoint", rerank_base_url=f"{standin.base}/live/boost:forecasts/v1",
-                             rerank_model="stand-in", rerank_candidates=30, rerank_timeout_seconds=1.0,
+                             rerank_model="stand-in", rerank_candidates=30, rerank_timeout_seconds=5.0,
                              rerank_max_retries=1)
     app = RetrievalApp(settings, embedder=embedder)
     async with running_service(app, settings) as target:
@@ -356,3 +362,24 @@ async def test_search_with_the_reranker_down_keeps_the_dense_order(reranked_retr
     assert len(texts) == 3 and "Q3 revenue was $5M" in texts[0]
     scores = [result.score for result in reply.results]
     assert scores == sorted(scores, reverse=True)
+
+
+async def test_a_hanging_reranker_leaves_search_time_to_answer(reranked_retrieval, standin: StandIn) -> None:
+    """A reranker timeout longer than the call's deadline: the attempt is cut so Search still answers."""
+    stub, embedder = reranked_retrieval
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    await index_facts(stub, embedder, user, "doc-facts")
+    request = retrieval_pb2.SearchRequest(query="How much revenue in Q3?")
+    await stub.Search(request, metadata=auth(user), timeout=30)  # embeds the query
+    standin.live_mode = "hang"
+    before = standin.count("live")
+    try:
+        started = time.monotonic()
+        # rerank_timeout_seconds is 5 with one retry: without the deadline this would take > 10 s
+        reply = await stub.Search(request, metadata=auth(user), timeout=1.5)
+        elapsed = time.monotonic() - started
+    finally:
+        standin.live_mode = "ok"
+    assert 1.0 < elapsed < 1.5
+    assert standin.count("live", settle=1.0) - before == 1  # no time was left for the retry
+    assert len(reply.results) > 1 and "Q3 revenue was $5M" in reply.results[0].text

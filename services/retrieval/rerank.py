@@ -8,9 +8,10 @@ Implementations of the port:
 - `EndpointReranker`: any server with the common `/rerank` API (llama.cpp's server, TEI, Infinity,
   Jina, Cohere): POST {model, query, documents, top_n} (or TEI's {query, texts}) → results
   [{index, relevance_score}] (TEI answers a bare list of {index, score}). Each attempt is bounded
-  by DOCENT_RERANK_TIMEOUT_SECONDS; connection errors, timeouts, 408, 429 and 5xx are retried up
-  to DOCENT_RERANK_MAX_RETRIES times; then it raises `RerankUnavailable` (UNAVAILABLE,
-  reason RERANKER_UNAVAILABLE).
+  by DOCENT_RERANK_TIMEOUT_SECONDS, or by the Search call's remaining deadline (less 0.25 s to
+  answer without reranking) if that is shorter;
+  connection errors, timeouts, 408, 429 and 5xx are retried up to DOCENT_RERANK_MAX_RETRIES
+  times; then it raises `RerankUnavailable` (UNAVAILABLE, reason RERANKER_UNAVAILABLE).
 - No in-process ONNX cross-encoder: no PyPI package reachable here ships cross-encoder weights
   (bench/results/rerank-probe.md lists what was tried), and nothing may download weights at run time.
 
@@ -44,6 +45,7 @@ from prometheus_client import Counter, Histogram
 from services.retrieval.store import Hit
 from services.runtime.config import Settings
 from services.runtime.errors import Unavailable
+from services.runtime.grpc_server import remaining_seconds
 
 log = structlog.get_logger("docent.retrieval.rerank")
 
@@ -57,6 +59,8 @@ RERANK_FALLBACKS = Counter(
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _BACKOFF_SECONDS = 0.1
 _BACKOFF_CAP_SECONDS = 1.0
+# left of the Search call's deadline for answering in the store's order when the reranker fails
+_DEADLINE_RESERVE_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -146,12 +150,18 @@ class EndpointReranker:
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(min(_BACKOFF_SECONDS * 2 ** (attempt - 1), _BACKOFF_CAP_SECONDS))
+            # a hard bound per attempt (httpx's timeout is per read: a trickling server could outlast
+            # it), and never past the deadline of the Search call this serves
+            budget = min(self.timeout, remaining_seconds(self.timeout + _DEADLINE_RESERVE_SECONDS)
+                         - _DEADLINE_RESERVE_SECONDS)
+            if budget < 0.01:
+                problem = "no time left before the deadline"
+                break
             try:
-                # a hard bound per attempt: httpx's timeout is per read, a trickling server could outlast it
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(budget):
                     reply = await self._http().post(self.url, json=body)
             except (TimeoutError, httpx.TimeoutException):
-                problem = f"no reply within {self.timeout:g}s"
+                problem = f"no reply within {budget:.3g}s"
                 continue
             except httpx.TransportError as error:
                 problem = f"{type(error).__name__}: {error}"
@@ -167,8 +177,8 @@ class EndpointReranker:
             except ValueError as error:  # json.JSONDecodeError is a ValueError too
                 raise RerankUnavailable(f"reranker at {self.url} sent an unusable reply: {error}",
                                         attempts=attempt + 1) from None
-        raise RerankUnavailable(f"reranker at {self.url} failed {attempts} time(s), last: {problem}",
-                                attempts=attempts)
+        raise RerankUnavailable(f"reranker at {self.url} failed {attempt + 1} time(s), last: {problem}",
+                                attempts=attempt + 1)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -50,17 +50,23 @@ class Client:
         except httpx.HTTPError:
             return False
 
-    def upload_completes(self, deadline: float) -> bool:
+    def upload(self) -> str | None:
         tag = uuid.uuid4().hex[:8]  # distinct bytes: an identical upload is deduplicated, not processed
         reply = self.http.post("/api/upload/", files={"file": (f"{tag}.txt", f"Note {tag}.\n{TEXT}".encode(),
                                                                "text/plain")})
         if reply.status_code != 202:
-            return False
-        document_id = reply.json()["id"]
-        self.documents.append(document_id)
-        while time.monotonic() < deadline:
-            status = self.http.get(f"/api/upload/{document_id}/status")
-            if status.status_code == 200 and status.json()["status"] == "completed":
+            return None
+        self.documents.append(reply.json()["id"])
+        return reply.json()["id"]
+
+    def completed(self, document_id: str) -> bool:
+        status = self.http.get(f"/api/upload/{document_id}/status")
+        return status.status_code == 200 and status.json()["status"] == "completed"
+
+    def upload_completes(self, deadline: float) -> bool:
+        document_id = self.upload()
+        while document_id and time.monotonic() < deadline:
+            if self.completed(document_id):
                 return True
             time.sleep(0.2)
         return False
@@ -120,6 +126,7 @@ def test_every_role_killed_in_turn_comes_back(up: UpProcess) -> None:
     for role in roles:
         restarted = "worker" if role == "worker process" else role
         before = up.output().count(f"{restarted} stopped unexpectedly")
+        assert client.upload()  # in flight when the role dies: it must still complete, once
         os.kill(pid_of(up, role), signal.SIGKILL)
         killed = time.monotonic()
         deadline = killed + RECOVERY_SECONDS
@@ -138,13 +145,22 @@ def test_every_role_killed_in_turn_comes_back(up: UpProcess) -> None:
     print("\nrecovery seconds:", recovered)
     assert "keeps crashing" not in up.output()
 
-    # nothing lost: every document completed once, with the chunks of a clean run; every answered turn stored
+    # nothing lost: every document completed once, with the chunks of a clean run (those in flight at a kill
+    # may wait for an expired lease or a lost message to be swept); every answered turn stored and indexed
+    deadline = time.monotonic() + 60
+    while not all(client.completed(document_id) for document_id in client.documents):
+        assert time.monotonic() < deadline, "documents in flight at a kill did not complete"
+        time.sleep(0.5)
     for document_id in client.documents:
         status = client.http.get(f"/api/upload/{document_id}/status").json()
         assert (status["status"], status["chunk_count"]) == ("completed", clean_chunks), status
     for conversation_id, answer in client.turns:
         stored = client.http.get(f"/api/chat/conversations/{conversation_id}").json()
         assert [turn["answer"] for turn in stored["turns"]] == [answer]
+    while not all(turn["memory_indexed"] for conversation_id, _ in client.turns
+                  for turn in client.http.get(f"/api/chat/conversations/{conversation_id}").json()["turns"]):
+        assert time.monotonic() < deadline, "a stored chat turn was never indexed into memory"
+        time.sleep(0.5)
     metrics = httpx.get(f"http://127.0.0.1:{up.ports['supervisor_metrics']}/metrics").text
     for role in ("worker", "sweeper", "chat", "gateway", "ingest", "retrieval", "redis", "postgres"):
         assert f'docent_child_restarts_total{{role="{role}"}}' in metrics

@@ -37,10 +37,10 @@ HEADING_SHARE = 0.6
 RETRIEVAL_SHARE = 0.5
 RANK_BONUS = 0.3
 OPENING_BONUS = 0.0
-EXACT_SHARE = 0.5
+EXACT_SHARE = 1.0
 CODE_PENALTY = 0.3
 # an answer found in the first sentences under a matching heading starts at the heading
-FROM_OPENING_WITHIN = 2
+FROM_OPENING_WITHIN = 5
 REPEAT_PENALTY = 0.5
 COMPARISON_CUTOFF = 0.5
 ANSWER_WORDS = 60

@@ -201,7 +201,9 @@ async def test_upstream_down_is_503(gateway) -> None:
     token = (await signup(gateway))["access_token"]
     down = await gateway.get("/api/upload/", headers=bearer(token))
     assert down.status_code == 503
-    assert down.json()["detail"] == "service unavailable" and "request_id" in down.json()
+    assert down.json()["detail"] == "the ingest service is unavailable (restarting?); try again shortly"
+    assert down.json()["reason"] == "UPSTREAM_UNAVAILABLE" and "request_id" in down.json()
+    assert down.headers["retry-after"] == "2"
     chat = await gateway.post("/api/chat/stream", json={"query": "hello"}, headers=bearer(token))
     assert chat.status_code == 503  # a stream that cannot start is a plain HTTP error, not a 200 stream
     ready = await gateway.get("/ready")

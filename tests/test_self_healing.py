@@ -21,6 +21,7 @@ RECOVERY_SECONDS = 30
 TEXT = ("Docent keeps running. The quarterly revenue of the Acme company was 5 million euros. "
         "The warehouse in Lyon stores spare parts for the blue tractors.\n") * 8
 QUESTION = "Where are the spare parts for the blue tractors stored?"
+PROBES = {"chat": ("POST", "/api/chat/"), "retrieval": ("POST", "/api/chat/"), "ingest": ("GET", "/api/upload/")}
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,12 @@ def test_every_role_killed_in_turn_comes_back(up: UpProcess) -> None:
         while up.output().count(f"{restarted} stopped unexpectedly") == before:
             assert time.monotonic() < deadline, f"{role}: the supervisor did not notice"
             time.sleep(0.05)
+        if role in PROBES:  # while it restarts, a request that needs it gets a 503 with a reason, at once
+            method, path = PROBES[role]
+            asked = time.monotonic()
+            reply = client.http.request(method, path, **({"json": {"query": QUESTION}} if method == "POST" else {}))
+            assert (reply.status_code, reply.json()["reason"]) == (503, "UPSTREAM_UNAVAILABLE"), reply.text
+            assert time.monotonic() - asked < 2
         while not client.ready():
             assert time.monotonic() < deadline, f"{role}: /ready not back after {RECOVERY_SECONDS}s"
             time.sleep(0.2)

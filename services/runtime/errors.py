@@ -121,6 +121,13 @@ def from_rpc_error(error: grpc.RpcError) -> DocentError:
     """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     info = error_info(error)
+    if info is None and code == grpc.StatusCode.UNAVAILABLE:
+        # no ErrorInfo: the service itself could not be reached (stopped, restarting); its transport
+        # text ("failed to connect to all addresses; ipv4:…") is not for users
+        return Unavailable("an upstream service is unavailable (restarting?); try again shortly",
+                           reason="UPSTREAM_UNAVAILABLE", retry_after_seconds=2)
+    if info is None and code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded("the request did not finish within its deadline", reason="DEADLINE_EXCEEDED")
     cls = _BY_CODE.get(code, Unavailable if code == grpc.StatusCode.UNKNOWN else Internal)
     message = error.details() if hasattr(error, "details") else "upstream call failed"
     return cls(message or "upstream call failed", reason=info.reason if info else None,

@@ -11,10 +11,16 @@ How a sentence is chosen:
   of the terms a follow-up carried over ("and SPSS?" is about SPSS first, the previous subject
   second); plus what the heading or question line above it shares with the question (an FAQ
   entry whose question matches answers in its first sentences); plus the retrieval score of its
-  passage and a small bonus for the passage's rank, so among equally matching sentences the best
-  passage wins; plus a small bonus for opening its section.
-- The answer is the best sentence, followed by the next sentences of the same passage while they
-  continue it and the answer stays short (ANSWER_WORDS); one passage, one citation.
+  passage (relative to the top one) and a bonus for the passage's rank, so among equally matching
+  sentences the best passage wins. Code-like sentences score less. Weights: tuned on the dev split
+  of bench/eval with `python -m bench.replay_answers` (docs/QUALITY.md).
+- Identifiers the question quotes or writes as code ('q', `%A`) must match whole, case-sensitively:
+  word matching drops one-letter and symbol tokens, and table questions live on them.
+- The answer is one passage: the best sentence, started from the opening of its section when it is
+  among the section's first sentences (an FAQ entry answers first, then elaborates), or from the
+  sentence before it when it cannot stand alone ("This …", a lower-case continuation); then the
+  sentences that continue it (a list after "as follows:") while the answer stays short
+  (ANSWER_WORDS). One passage, one citation; a comparison adds the other side's best sentence.
 - A sentence this conversation already answered with scores less, unless the question compares.
 - Earlier conversations (chat memory) are quoted only when the question asks about the past or
   no document sentence matches: a document that states a fact beats an old answer quoting it.

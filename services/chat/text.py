@@ -7,6 +7,7 @@ figures such as "$4.2M" and "e.g.", and removal of old citation markers.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Function words, question words and the vocabulary of asking ("tell me", "what did we say about").
@@ -43,9 +44,10 @@ _SPACE = re.compile(r"\s+")
 
 def words(text: str) -> list[str]:
     """The words of `text` in order, lower-cased, trailing punctuation removed."""
-    return [match.group(0).lower().rstrip(".,'") for match in _WORD.finditer(text)]
+    return [word.rstrip(".,'") for word in _WORD.findall(text.lower())]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def fold(word: str) -> str:
     """Light normalisation so that simple plurals and possessives match their singular."""
     if word.endswith("'s"):

@@ -20,7 +20,9 @@ How a sentence is chosen:
   among the section's first sentences (an FAQ entry answers first, then elaborates), or from the
   sentence before it when it cannot stand alone ("This …", a lower-case continuation); then the
   sentences that continue it (a list after "as follows:") while the answer stays short
-  (ANSWER_WORDS). One passage, one citation; a comparison adds the other side's best sentence.
+  (ANSWER_WORDS). A runner-up sentence of another passage scoring within RUNNER_UP_CUTOFF of the
+  best is quoted after it with its own [n] while the answer stays short (two passages matching
+  almost equally: the user sees both rather than a coin toss); a comparison adds the other side.
 - A sentence this conversation already answered with scores less, unless the question compares.
 - Earlier conversations (chat memory) are quoted only when the question asks about the past or
   no document sentence matches: a document that states a fact beats an old answer quoting it.
@@ -50,6 +52,8 @@ CODE_PENALTY = 0.3
 FROM_OPENING_WITHIN = 5
 REPEAT_PENALTY = 0.5
 COMPARISON_CUTOFF = 0.5
+RUNNER_UP_CUTOFF = 0.8
+MAX_PARTS = 4
 ANSWER_WORDS = 60
 MIN_SENTENCE_WORDS = 3
 MAX_SENTENCE_CHARS = 400
@@ -339,12 +343,27 @@ def compose(request: AnswerRequest) -> list[str]:
             return [remembered[0][1]]
     if ranked:
         best = ranked[0]
-        texts = _quoted(_continuation(best, candidates))
+        chosen = _continuation(best, candidates)
+        texts = _quoted(chosen)
         if question.comparing:
             # "how does that compare to Q2?" needs the other side too: the best sentence of another passage
             other = next((c for c in ranked[1:] if c.block is not best.block), None)
             if other is not None and other.score >= COMPARISON_CUTOFF * best.score:
                 texts += _quoted([other])
+            return texts
+        # a close runner-up elsewhere is quoted too, while the answer stays short: when two passages
+        # match almost equally, the user sees both rather than a coin toss
+        length = sum(len(c.text.split()) for c in chosen)
+        used = {c.order for c in chosen}
+        for runner_up in ranked[1:]:
+            if len(texts) >= MAX_PARTS or runner_up.score < RUNNER_UP_CUTOFF * best.score:
+                break
+            size = len(runner_up.text.split())
+            if runner_up.order in used or length + size > ANSWER_WORDS:
+                continue
+            texts += _quoted([runner_up])
+            used.add(runner_up.order)
+            length += size
         return texts
     top = request.documents[0] if request.documents else None
     if top is not None and top.score >= SEMANTIC_FALLBACK_SCORE:

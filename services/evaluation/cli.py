@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turns-log", default=None, help="append every question and its full reply (JSON lines)")
     parser.add_argument("--report", nargs="*", default=None, help="saved results to report instead of running")
     parser.add_argument("--quality", default=None, help="write this Markdown report (with a plot beside it)")
+    parser.add_argument("--notes", default=None, help="with --quality: a Markdown file appended to the report")
 
 
 def _configurations(names: str, memory_turns: int | None) -> list[runner.Configuration]:
@@ -101,7 +102,8 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         quality = Path(args.quality)
         image = quality.parent / "img" / "quality.png"
         plotted = report.plot(runs, image)
+        notes = Path(args.notes).read_text() if args.notes else ""
         quality.write_text(report.quality_markdown(runs, str(image.relative_to(quality.parent)) if plotted else "",
-                                                   QUALITY_PREFACE))
+                                                   QUALITY_PREFACE) + ("\n" + notes if notes else ""))
         print(f"wrote {quality}" + (f" and {image}" if plotted else " (no plot: matplotlib is not installed)"))
     return 0

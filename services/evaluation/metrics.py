@@ -73,6 +73,7 @@ class Outcome:
     not_found: bool
     failed: bool = False  # the chat call itself failed (an error status): a miss
     markers_valid: bool = True  # every [n] of the answer names a source it was given
+    cited_precision: float = 0.0  # share of the cited sources that hold the answer page (0 when none cited)
 
 
 def score(question_id: str, corpus: str, lang: str, document_id: str, pages: frozenset[int], gold: str,
@@ -86,7 +87,12 @@ def score(question_id: str, corpus: str, lang: str, document_id: str, pages: fro
         cited_count=sum(item.cited for item in sources), source_count=len(sources),
         has_gold=bool(gold), gold_in_answer=contains_gold(answer, gold),
         answer_words=len(_MARKER.sub(" ", answer).split()), latency_ms=latency_ms, not_found=not_found,
-        failed=failed, markers_valid=set(cited_numbers(answer)) <= set(range(1, len(sources) + 1)))
+        failed=failed, markers_valid=set(cited_numbers(answer)) <= set(range(1, len(sources) + 1)),
+        cited_precision=_precision([is_hit(item, document_id, pages) for item in sources if item.cited]))
+
+
+def _precision(cited_hits: list[bool]) -> float:
+    return sum(cited_hits) / len(cited_hits) if cited_hits else 0.0
 
 
 def _ranking(ranks: list[int | None], prefix: str) -> dict[str, float]:
@@ -111,6 +117,7 @@ def summarise(outcomes: Iterable[Outcome]) -> dict[str, float]:
     values.update(_ranking([row.context_rank for row in rows], "context"))
     values.update(_ranking([row.sources_rank for row in rows], "sources"))
     values["cited_hit"] = sum(row.cited_hit for row in rows) / len(rows)
+    values["cited_precision"] = sum(row.cited_precision for row in rows) / len(rows)
     values["gold_in_answer"] = (sum(row.gold_in_answer for row in with_gold) / len(with_gold)) if with_gold else 0.0
     values["gold_questions"] = len(with_gold)
     values["cited_per_answer"] = statistics.fmean(row.cited_count for row in rows)

@@ -9,6 +9,7 @@ COLUMNS = (
     ("context_r@1", "ctx R@1"), ("context_r@5", "ctx R@5"), ("context_mrr", "ctx MRR"),
     ("sources_r@1", "src R@1"), ("sources_r@5", "src R@5"), ("sources_r@10", "src R@10"),
     ("sources_mrr", "src MRR"), ("sources_ndcg@10", "src nDCG@10"), ("cited_hit", "cited ∋ page"),
+    ("cited_precision", "cited precision"),
     ("gold_in_answer", "gold in answer"), ("cited_per_answer", "cited/answer"), ("markers_valid", "[n] valid"),
     ("not_found", "not found"), ("failed", "errors"), ("answer_words_p50", "words p50"),
     ("latency_ms_p50", "ms p50"), ("latency_ms_p95", "ms p95"),

@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=0, help="keep N sample answers per configuration")
     parser.add_argument("--turns-log", default=None, help="append every question and its full reply (JSON lines)")
     parser.add_argument("--report", nargs="*", default=None, help="saved results to report instead of running")
+    parser.add_argument("--rescore", default=None, metavar="TURNS_LOG",
+                        help="recompute the metrics of the --json results from the replies in this turns log")
     parser.add_argument("--quality", default=None, help="write this Markdown report (with a plot beside it)")
     parser.add_argument("--notes", default=None, help="with --quality: a Markdown file appended to the report")
 
@@ -89,7 +91,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if args.report is not None:
+    if args.rescore:
+        saved = json.loads(Path(args.json).read_text())
+        saved["configurations"] = runner.rescore(Path(args.rescore), saved["configurations"])
+        Path(args.json).write_text(json.dumps(saved, indent=1) + "\n")
+        runs = [saved]
+    elif args.report is not None:
         runs = [json.loads(Path(path).read_text()) for path in args.report]
     else:
         runs = [run(args, argv)]

@@ -76,6 +76,27 @@ async def ask(client: RestClient, question: Question, document_id: str,
     return outcome, body
 
 
+def rescore(turns_log: Path, results: dict[str, dict]) -> dict[str, dict]:
+    """Recompute every configuration's metrics from the replies a run recorded (`turns_log`), e.g.
+    after a metric was added; what the server answered is not asked again."""
+    outcomes: dict[str, list[Outcome]] = {}
+    for line in turns_log.read_text().splitlines():
+        record = json.loads(line)
+        question, body = record["question"], record["reply"]
+        outcomes.setdefault(record["configuration"], []).append(score(
+            question["id"], question["corpus"], question["lang"], record["document_id"],
+            frozenset(question["pages"]), question["answer"], body["answer"], _ranked_context(body),
+            _ranked_sources(body), body.get("latency_ms", 0.0), body["answer"].startswith(NOT_FOUND_PREFIX),
+            failed="error" in body))
+    for name, rows in outcomes.items():
+        latencies = {row["question_id"]: row["latency_ms"] for row in results[name]["outcomes"]}
+        rows = [Outcome(**{**row.__dict__, "latency_ms": latencies.get(row.question_id, row.latency_ms)})
+                for row in rows]
+        results[name].update(overall=summarise(rows), by_corpus=by_group(rows, "corpus"),
+                             by_lang=by_group(rows, "lang"), outcomes=[row.__dict__ for row in rows])
+    return results
+
+
 async def build_history(client: RestClient, questions: Sequence[Question], turns: int,
                         request: dict[str, Any], timeout: float = 900) -> int:
     """Ask `turns` questions in conversations of five, keep them, and wait until their memory is indexed."""

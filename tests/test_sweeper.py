@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
-from services.ingest.sweeper import MAX_MEMORY_SWEEPS, sweep_once
+from services.ingest.sweeper import MAX_MEMORY_SWEEPS, PROCESS_DOCUMENT, sweep_once
 from services.runtime import db
-from services.runtime.queue import Enqueuer, queue_stats
+from services.runtime.queue import INGEST_QUEUE, Enqueuer, build_message, pending_arguments, queue_stats
 from tests.conftest import create_database, make_settings
 
 
@@ -98,3 +99,23 @@ async def test_unindexed_chat_turns_are_requeued_with_backoff_then_given_up(swep
         await sweep_once(settings, pool, enqueuer)
     assert await pool.fetchval("SELECT memory_sweeps FROM chat_turns WHERE id = $1", turn) == MAX_MEMORY_SWEEPS
     assert queue_stats(enqueuer.broker)["memory"]["waiting"] == MAX_MEMORY_SWEEPS
+
+
+async def test_a_backlog_keeps_one_message_per_document(swept) -> None:
+    """300 documents waiting behind a busy worker are not re-enqueued on every sweep; only a lost message is."""
+    settings, pool, enqueuer = swept
+    for index in range(300):
+        ident = await add_document(pool, "pending", enqueued_age="1 minute")
+        message = build_message(INGEST_QUEUE, PROCESS_DOCUMENT, str(ident))
+        # one waits for a retry in the delayed queue: it is not lost either
+        await asyncio.to_thread(enqueuer.broker.enqueue, message, delay=60_000 if index == 0 else None)
+        await pool.execute("UPDATE documents SET task_id = $2 WHERE id = $1", ident, message.message_id)
+    lost = await add_document(pool, "pending", enqueued_age="1 minute")  # Redis forgot its message
+
+    first = await sweep_once(settings, pool, enqueuer)
+    again = [await sweep_once(settings, pool, enqueuer) for _ in range(3)]
+
+    assert first["requeued"] == 1 and all(counts["requeued"] == 0 for counts in again)
+    stats = queue_stats(enqueuer.broker)["ingest"]
+    assert (stats["waiting"], stats["delayed"]) == (300, 1)  # 299 + the lost one's new message; 1 delayed
+    assert str(lost) in await asyncio.to_thread(pending_arguments, enqueuer.broker, INGEST_QUEUE, PROCESS_DOCUMENT)

@@ -2,7 +2,8 @@
 
 Runs beside the workers (a Dramatiq fork function, one per `docent worker`); several sweepers
 are safe because each pass holds a Postgres advisory lock. Each pass:
-- re-enqueues `pending` documents whose message may be lost (enqueued long ago, or never);
+- re-enqueues `pending` documents whose message is lost (enqueued long ago and no longer in the
+  broker, or never enqueued); one that waits behind a backlog keeps its message;
 - recovers `processing` documents whose lease expired (their worker died): back to pending and
   re-enqueued, or `failed` once they used up their attempts;
 - re-enqueues chat turns whose memory was never indexed;
@@ -21,7 +22,7 @@ from services.runtime import metrics
 from services.runtime.config import Settings, load_settings
 from services.runtime.lifecycle import die_with_parent
 from services.runtime.logging import configure_logging
-from services.runtime.queue import INGEST_QUEUE, MEMORY_QUEUE, Enqueuer, queue_stats
+from services.runtime.queue import INGEST_QUEUE, MEMORY_QUEUE, Enqueuer, pending_arguments, queue_stats
 
 log = structlog.get_logger("docent.sweeper")
 SWEEP_LOCK_KEY = 0x737765657065  # "sweepe"
@@ -49,15 +50,23 @@ async def sweep_once(settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer)
                    RETURNING id, status""", settings.max_attempts)
             counts["failed"] = sum(1 for row in expired if row["status"] == "failed")
             counts["recovered"] = len(expired) - counts["failed"]
-            pending = await conn.fetch(
-                """UPDATE documents SET enqueued_at = now(), updated_at = now()
+            # A pending document enqueued long ago is waiting behind a backlog, or lost its message (Redis
+            # restarted, enqueue failed). Only the lost ones are re-enqueued, so that a backlog of N documents
+            # stays about N messages instead of growing by N each sweep. A recovered document's old message
+            # belongs to a dead worker: it gets a new one.
+            recovered = {row["id"] for row in expired if row["status"] == "pending"}
+            stale = await conn.fetch(
+                """SELECT id FROM documents
                    WHERE status = 'pending'
-                     AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
-                   RETURNING id""", stale_after)
-            for row in pending:
-                task_id = await enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(row["id"]))
-                await conn.execute("UPDATE documents SET task_id = $2 WHERE id = $1", row["id"], task_id)
-            counts["requeued"] = len(pending)
+                     AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))""", stale_after)
+            waiting = await asyncio.to_thread(pending_arguments, enqueuer.broker, INGEST_QUEUE, PROCESS_DOCUMENT)
+            lost = [row["id"] for row in stale if row["id"] in recovered or str(row["id"]) not in waiting]
+            for ident in lost:
+                task_id = await enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(ident))
+                await conn.execute(
+                    "UPDATE documents SET task_id = $2, enqueued_at = now(), updated_at = now() WHERE id = $1",
+                    ident, task_id)
+            counts["requeued"] = len(lost)
             # each sweep waits longer before trying a turn again (stale_after × 2^sweeps), and gives up
             # after MAX_MEMORY_SWEEPS: a turn that always fails must not be retried forever
             turns = await conn.fetch(

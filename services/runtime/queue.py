@@ -8,6 +8,7 @@ so a 2,000-page PDF never delays the memory of a chat turn.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import dramatiq
 import redis
@@ -75,3 +76,19 @@ def queue_stats(broker: RedisBroker) -> dict[str, dict[str, int]]:
             "dead": dead,
         }
     return stats
+
+
+
+def pending_arguments(broker: RedisBroker, queue: str, actor: str) -> set[str]:
+    """The first argument (a document id) of every `actor` message still in the broker for `queue`:
+    waiting, in flight, or delayed for a retry. Such a message will be delivered; a document without one
+    lost it. By argument, not message id: the broker keys each enqueue (and each retry) by an id of its own.
+    """
+    client: redis.Redis = broker.client
+    found: set[str] = set()
+    for key in (f"{NAMESPACE}:{queue}.msgs", f"{NAMESPACE}:{queue}.DQ.msgs"):
+        for raw in client.hscan_iter(key, count=500):
+            body = json.loads(raw[1])
+            if body.get("actor_name") == actor and body.get("args"):
+                found.add(str(body["args"][0]))
+    return found

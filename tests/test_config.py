@@ -69,3 +69,41 @@ def test_token_command_mints_a_verifiable_token(tmp_path) -> None:
     secret = jwt_secret(Settings(_env_file=None, data_dir=tmp_path))  # type: ignore[call-arg]
     assert verify_token(secret, result.stdout.strip()).user_id == "alice"
     assert (tmp_path / "secrets" / "jwt_secret").stat().st_mode & 0o777 == 0o600
+
+
+def _published_jwt_secrets() -> set[str]:
+    """Every DOCENT_JWT_SECRET value written down in the repository's config files and docs."""
+    import re
+
+    pattern = re.compile(r"DOCENT_JWT_SECRET\s*[:=]\s*[\"']?([^\s\"'$]+)")
+    files = [REPO / ".env.example", REPO / "docker-compose.yml", REPO / "README.md",
+             *(REPO / "deploy").rglob("*.yaml"), *(REPO / "deploy").rglob("*.md"), *(REPO / "docs").rglob("*.md")]
+    found = set()
+    for path in files:
+        if path.exists():
+            found.update(match.group(1) for match in pattern.finditer(path.read_text()))
+    return {value for value in found if value[0] not in "<?"}  # not a placeholder or compose's ${VAR:?message}
+
+
+def test_a_jwt_secret_published_in_the_repository_is_refused(tmp_path) -> None:
+    from services.runtime.auth import jwt_secret
+
+    published = _published_jwt_secrets()
+    assert len(published) >= 2  # .env.example and deploy/k8s/secret.yaml at least
+    for value in published:
+        with pytest.raises(SystemExit, match="published in the Docent repository"):
+            jwt_secret(Settings(_env_file=None, data_dir=tmp_path, jwt_secret=value))  # type: ignore[call-arg]
+    example = "change-me-to-a-random-secret-of-at-least-32-characters"
+    result = run_docent("token", "--user", "a", env={"DOCENT_DATA_DIR": str(tmp_path), "DOCENT_JWT_SECRET": example})
+    assert result.returncode != 0
+    assert "DOCENT_JWT_SECRET" in result.stderr and "openssl rand -hex 32" in result.stderr
+    # unset still works with no configuration: generated once, kept in the data dir
+    assert run_docent("token", "--user", "alice", env={"DOCENT_DATA_DIR": str(tmp_path)}).returncode == 0
+
+
+def test_an_empty_secret_means_unset(tmp_path, monkeypatch) -> None:
+    """`DOCENT_WEBHOOK_SECRET=` as shipped: derive one (never sign with an empty key)."""
+    monkeypatch.setenv("DOCENT_WEBHOOK_SECRET", "")
+    monkeypatch.setenv("DOCENT_LLM_API_KEY", " ")
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    assert settings.webhook_secret is None and settings.llm_api_key is None

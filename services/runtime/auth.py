@@ -28,11 +28,29 @@ class Identity:
     token_id: str
 
 
+# The example values the repository publishes (.env.example, deploy/k8s/secret.yaml; compose takes
+# .env's). Anyone can read them, so anyone could sign tokens with them: refused, fail closed.
+# tests/test_config.py checks that every value published in the repository is refused.
+PUBLISHED_SECRETS = frozenset({
+    "change-me-to-a-random-secret-of-at-least-32-characters",
+    "CHANGE-ME-generate-with-openssl-rand-hex-32",
+})
+
+
+def is_published_secret(secret: str) -> bool:
+    return secret in PUBLISHED_SECRETS or "change-me" in secret.lower()
+
+
 def jwt_secret(settings: Settings) -> str:
     if settings.jwt_secret is not None:
         secret = settings.jwt_secret.get_secret_value()
         if len(secret) < 32:
             raise SystemExit("docent: invalid setting DOCENT_JWT_SECRET: must be at least 32 characters")
+        if is_published_secret(secret):
+            raise SystemExit(
+                "docent: DOCENT_JWT_SECRET is an example value published in the Docent repository: anyone could "
+                "sign tokens with it. Generate one with `openssl rand -hex 32`, or leave it unset for a single "
+                "machine (`docent up` then generates one and keeps it in the data dir)")
         return secret
     return _persisted_secret(settings.secrets_dir / "jwt_secret")
 

@@ -152,6 +152,16 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("jwt_secret", "webhook_secret", "qdrant_api_key", "embedding_api_key", "llm_api_key",
+                     mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        # `DOCENT_WEBHOOK_SECRET=` (as shipped in .env.example and compose) means "derive one", never "sign with
+        # an empty key"; the same for every secret
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _postgres_scheme(cls, value: str | None) -> str | None:

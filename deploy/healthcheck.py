@@ -5,7 +5,7 @@ DOCENT_* settings the service itself reads, so the check follows any port overri
 
 - ingest | retrieval | chat: the standard gRPC health service reports SERVING for the role's service
   (the services report NOT_SERVING until their dependencies answer, and again while shutting down);
-- gateway: GET /ready answers 200 (every upstream SERVING and the accounts database answering);
+- gateway: GET /ready answers 200 (ingest and chat SERVING and the accounts database answering);
 - worker: the worker's Prometheus endpoint answers (served by the sweeper process beside Dramatiq).
 """
 

@@ -185,13 +185,13 @@ class Supervisor:
             self.gave_up = self.gave_up or ChildDied(child, loop=True, reason=reason)
             return
         child.restart.restarts += 1
+        child.restart_task = asyncio.create_task(self._restart(child, delay))
+        self.write_status()  # before the message: whoever reads it finds /ready saying so already
         metrics.CHILD_RESTARTS.labels(child.name).inc()
         log.warning("child_restart", role=child.name, reason=reason, delay_seconds=delay,
                     restarts=child.restart.restarts)
         _say(f"{child.name} stopped unexpectedly ({reason}); restarting it in {delay:.0f}s "
              f"(restart {child.restart.restarts}); everything else keeps running")
-        child.restart_task = asyncio.create_task(self._restart(child, delay))
-        self.write_status()
 
     async def _restart(self, child: Managed, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -210,6 +210,7 @@ async def test_upstream_down_is_503(gateway) -> None:
     assert ready.status_code == 503
     assert ready.json()["upstreams"]["ingest"] == "UNAVAILABLE"
     assert ready.json()["upstreams"]["database"] == "SERVING"
+    assert "retrieval" not in ready.json()["upstreams"]  # the gateway never calls it: not its readiness
 
 
 async def test_hung_upstream_is_504_at_the_deadline(database_url) -> None:

@@ -39,6 +39,8 @@ UPSTREAMS = {
     "retrieval": "docent.v1.RetrievalService",
     "chat": "docent.v1.ChatService",
 }
+# what the gateway itself calls: its readiness depends on these only (retrieval being down is chat's concern)
+CALLED = ("ingest", "chat")
 DESCRIPTION = """REST API of Docent, a self-hosted "chat with your documents" server.
 
 Sign up or sign in under **auth**, then send `Authorization: Bearer <access_token>` (the
@@ -52,7 +54,7 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         # grpc.aio channels belong to the event loop they are created on: create them here
-        for name in UPSTREAMS:
+        for name in CALLED:
             state.channels[name] = create_channel(settings.target(name))  # type: ignore[arg-type]
         state.ingest = ingest_pb2_grpc.IngestServiceStub(state.channels["ingest"])
         state.chat = chat_pb2_grpc.ChatServiceStub(state.channels["chat"])
@@ -94,7 +96,9 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
 
     @app.get("/ready", tags=["ops"])
     async def ready() -> JSONResponse:
-        """Readiness: every upstream gRPC service reports SERVING and the accounts database answers."""
+        """Readiness: the services the gateway calls (ingest, chat) report SERVING and the accounts database
+        answers. Under `docent up`, `children` has the state of every role; one that is restarting makes the
+        status `degraded` and is named in `restarting`, without making the gateway unready for what it can serve."""
 
         async def check(name: str) -> str:
             stub = health_pb2_grpc.HealthStub(state.channels[name])
@@ -112,19 +116,20 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
             except Exception:
                 return "UNAVAILABLE"
 
-        names = [*UPSTREAMS, "database"]
-        statuses = await asyncio.gather(*(check(name) for name in UPSTREAMS), check_db())
+        names = [*CALLED, "database"]
+        statuses = await asyncio.gather(*(check(name) for name in CALLED), check_db())
         results = dict(zip(names, statuses, strict=True))
         ok = all(status == "SERVING" for status in results.values())
         body: dict[str, object] = {"status": "ready" if ok else "not_ready", "upstreams": results}
         children = supervised_children(settings.data_dir)
         if children is not None:
-            # under `docent up`: also the roles the gateway cannot see (worker, sweeper, Redis) while one restarts
+            # under `docent up`: also the roles the gateway cannot see (retrieval, worker, sweeper, Redis)
             body["children"] = children
             restarting = sorted(role for role, state in children.items() if state != "running")
             if restarting:
-                ok = False
-                body.update(status="not_ready", restarting=restarting)
+                body["restarting"] = restarting
+                if ok:
+                    body["status"] = "degraded"
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)

@@ -54,6 +54,8 @@ class WorkerProcess:
         })
         if settings.webhook_secret is not None:
             self.env["DOCENT_WEBHOOK_SECRET"] = settings.webhook_secret.get_secret_value()
+        if settings.webhook_allow_private:
+            self.env["DOCENT_WEBHOOK_ALLOW_PRIVATE"] = "true"
         self.env.update(env)
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -29,7 +29,8 @@ async def stack(backing, embedder):
     from tests.conftest import create_database
 
     settings = make_settings(backing, database_url=await create_database(backing.database_url),
-                             lease_seconds=10, sweep_interval_seconds=1, webhook_secret=WEBHOOK_SECRET)
+                             lease_seconds=10, sweep_interval_seconds=1, webhook_secret=WEBHOOK_SECRET,
+                             webhook_allow_private=True)  # the test's receiver listens on loopback
     async with ingest_stack(settings, embedder) as running:
         worker = running.worker().start()
         try:
@@ -291,3 +292,22 @@ async def test_webhook_is_signed_and_sent_at_the_terminal_state(stack) -> None:
         assert payload["event"] == "document.completed"
     finally:
         server.shutdown()
+
+
+async def test_webhooks_to_this_machine_or_its_network_are_refused(stack) -> None:
+    """Server-side request forgery: a user's webhook_url must not make the worker call internal services."""
+    from services.ingest.webhook_target import refused_reason
+
+    running, _ = stack
+    running.settings.webhook_allow_private = False  # the default; this module's receiver needs it on
+    try:
+        for url in ("http://127.0.0.1:8000/hook", "http://localhost/hook", "http://[::1]/hook",
+                    "http://169.254.169.254/latest/meta-data", "http://10.0.0.7/hook", "http://[::ffff:192.168.1.2]/"):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await running.upload(user(), "hooked.txt", text_document("forgery"), webhook_url=url)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, url
+            assert error_info(raised.value).reason == "WEBHOOK_URL_FORBIDDEN", url
+    finally:
+        running.settings.webhook_allow_private = True
+    assert await refused_reason("https://93.184.216.34/hook", allow_private=False) is None  # a public address
+    assert await refused_reason("http://127.0.0.1/hook", allow_private=True) is None

@@ -17,6 +17,7 @@ from docent.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2, retrieval_pb2_
 from services.ingest import documents
 from services.ingest.events import DocumentEvents
 from services.ingest.filetypes import EmptyFile, UnsupportedType, detect_type
+from services.ingest.webhook_target import refused_reason
 from services.runtime.config import Settings
 from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, from_rpc_error
 from services.runtime.grpc_client import call_options
@@ -87,6 +88,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         webhook_url = metadata.webhook_url.strip() or None
         if webhook_url and not webhook_url.startswith(("http://", "https://")):
             raise InvalidArgument("webhook_url must be an http(s) URL", reason="WEBHOOK_URL_INVALID")
+        if webhook_url:
+            refused = await refused_reason(webhook_url, self.settings.webhook_allow_private)
+            if refused:
+                raise InvalidArgument(f"webhook_url is not allowed: {refused} (DOCENT_WEBHOOK_ALLOW_PRIVATE)",
+                                      reason="WEBHOOK_URL_FORBIDDEN")
         try:
             mime_type = detect_type(filename, metadata.content_type, bytes(content[:HEAD_BYTES]))
         except EmptyFile:

@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import structlog
 
+from services.ingest.webhook_target import refused_reason
 from services.runtime.resources import WorkerResources
 
 log = structlog.get_logger("docent.ingest.webhook")
@@ -37,6 +38,10 @@ def webhook_secret(resources: WorkerResources) -> str:
 async def deliver_webhook(resources: WorkerResources, row: asyncpg.Record) -> bool:
     url = row["webhook_url"]
     if not url:
+        return False
+    refused = await refused_reason(url, resources.settings.webhook_allow_private)
+    if refused:  # allowed at upload, but its name resolves elsewhere now (or the setting changed)
+        log.warning("webhook_refused", url=url, why=refused)
         return False
     body = json.dumps({
         "event": f"document.{row['status']}",

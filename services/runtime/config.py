@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # instead, so that it is restarted on its own (Dramatiq does not watch its fork functions)
     worker_sweeper: bool = True
     webhook_secret: SecretStr | None = None
+    # webhooks to loopback, private, link-local or metadata addresses (server-side request forgery): refused
+    # unless the receivers are on a private network on purpose
+    webhook_allow_private: bool = False
 
     # OCR of scanned PDF pages, in the worker (RapidOCR on onnxruntime, models shipped in the wheel;
     # threads follow DOCENT_EMBEDDING_THREADS)

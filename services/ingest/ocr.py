@@ -15,12 +15,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import ClassVar
 
 import numpy as np
 import structlog
 
-from services.ingest.ocr_layout import Line, arrange, fix_spaces
+from services.ingest.ocr_layout import Line, arrange, fix_spaces, word_gaps
 
 log = structlog.get_logger("docent.ingest.ocr")
 
@@ -33,6 +34,9 @@ MODEL_SHA256 = {
 MIN_LINE_SCORE = 0.5
 # The detector would otherwise find up to 1000 boxes on a noisy halftone; a dense page has ~60 lines.
 MAX_LINES_PER_PAGE = 400
+# rows of a detected line box searched for ink between words (shares of its height, from the top):
+# the box reaches well above and below the letters, into the neighbouring lines
+BAND = (0.2, 0.8)
 
 
 class OcrUnavailable(RuntimeError):
@@ -50,7 +54,7 @@ class OcrOptions:
     enabled: bool = True
     dpi: int = 200
     max_pages: int = 50  # per document; later scanned pages are skipped (and logged)
-    page_timeout_seconds: float = 60.0
+    page_timeout_seconds: float = 120.0  # wall clock: a dense page takes ~25 s on 2 busy cores
     threads: int = 0  # 0: as many as the embedder uses (min(cores, 2))
 
     @classmethod
@@ -122,13 +126,15 @@ class OcrEngine:
                 cls._instances[threads] = cls(threads)
             return cls._instances[threads]
 
-    def read(self, image: np.ndarray, timeout_seconds: float = 60.0) -> str:
+    def read(self, image: np.ndarray, timeout_seconds: float = 120.0) -> str:
         """The page's text, paragraphs separated by blank lines; raises OcrTimeout past the cap."""
         with self._lock:
             deadline = time.monotonic() + timeout_seconds
             for guard in self._guards:
                 guard.deadline = deadline
             try:
+                # no line-orientation classifier: pdfium renders pages upright (it applies /Rotate),
+                # and on the Huckleberry Finn scan the classifier turned a good line upside down
                 result, _ = self._engine(image, return_word_box=True, use_cls=False)
             except Exception as error:
                 # rapidocr re-raises anything from a model run as its own ONNXRuntimeError
@@ -138,12 +144,58 @@ class OcrEngine:
             finally:
                 for guard in self._guards:
                     guard.deadline = float("inf")
-        lines = []
-        for item in result or ():
-            box, text, score = item[0], item[1], float(item[2])
-            if score < MIN_LINE_SCORE or not text.strip():
-                continue
-            xs, ys = [point[0] for point in box], [point[1] for point in box]
-            characters = item[3] if len(item) > 3 else None
-            lines.append(Line(min(xs), min(ys), max(xs), max(ys), fix_spaces(text, characters, max(ys) - min(ys))))
-        return arrange(lines)
+        return arrange(_lines(image, result or []))
+
+
+def _blanks(gray: np.ndarray, quad) -> list[tuple[float, float]]:
+    """x ranges (page pixels) of a detected line with no ink in its middle band.
+
+    Measured on the straightened line image at full resolution: the recogniser's own character
+    positions are only as fine as its output columns (about a sixth of the line height), which is
+    as wide as a word space, so spaces are judged from the pixels.
+    """
+    import cv2
+
+    points = np.array(quad, dtype=np.float32)
+    width = int(max(np.linalg.norm(points[0] - points[1]), np.linalg.norm(points[2] - points[3])))
+    height = int(max(np.linalg.norm(points[0] - points[3]), np.linalg.norm(points[1] - points[2])))
+    if width < 4 or height < 6:
+        return []
+    target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    crop = cv2.warpPerspective(gray, cv2.getPerspectiveTransform(points, target), (width, height),
+                               borderMode=cv2.BORDER_REPLICATE)
+    _, ink = cv2.threshold(crop, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    top, bottom = int(height * BAND[0]), max(int(height * BAND[1]), int(height * BAND[0]) + 1)
+    filled = ink[top:bottom].any(axis=0)
+    scale = (points[1][0] - points[0][0]) / width
+    blanks, start = [], None
+    for x, ink_here in enumerate([*filled.tolist(), True]):
+        if not ink_here and start is None:
+            start = x
+        elif ink_here and start is not None:
+            blanks.append((float(points[0][0] + start * scale), float(points[0][0] + x * scale)))
+            start = None
+    return blanks
+
+
+def _lines(image: np.ndarray, result: list) -> list[Line]:
+    gray = image[:, :, 0] if image.ndim == 3 else image
+    found = []
+    for item in result:
+        box, text, score = item[0], item[1], float(item[2])
+        if score < MIN_LINE_SCORE or not text.strip():
+            continue
+        characters = item[3] if len(item) > 3 else None
+        blanks = _blanks(gray, box) if characters else []
+        height = max(point[1] for point in box) - min(point[1] for point in box)
+        found.append((box, text, characters, blanks, word_gaps(text, characters, blanks), max(height, 1.0)))
+    # a line the recogniser gave no space at all ("display.Amongotherthings") borrows the page's
+    # word spacing, relative to its height
+    shares = [median(gaps) / height for *_, gaps, height in found if len(gaps) >= 2]
+    page_share = median(shares) if shares else 0.0
+    lines = []
+    for box, text, characters, blanks, gaps, height in found:
+        word_gap = median(gaps) if len(gaps) >= 2 else page_share * height
+        xs, ys = [point[0] for point in box], [point[1] for point in box]
+        lines.append(Line(min(xs), min(ys), max(xs), max(ys), fix_spaces(text, characters, blanks, word_gap)))
+    return lines

@@ -50,30 +50,53 @@ class _Block:
         return self.lines[-1].y1
 
 
-# An inter-word space in book and report faces is about a quarter to a third of the line height;
-# letters inside a word sit much closer than that.
-SPACE_GAP = 0.28
 # The multilingual recogniser often reads "said,but" or "it.She": add the space print always has.
 _AFTER_COMMA = re.compile(r"(?<=[a-z][,;:!?])(?=[A-Za-z])")
 # after a full stop only between a word of 2+ lower-case letters and a capitalised word: keeps
 # "e.g.", "U.S.", "3.5" and "example.com" as they are
 _AFTER_STOP = re.compile(r"(?<=[a-z]{2}\.)(?=[A-Z])")
+# a blank narrower than this share of the line's usual word space is a gap between letters
+WORD_GAP_SHARE = 0.75
 
 
-def fix_spaces(text: str, characters: list | None, height: float) -> str:
-    """Restore spaces the recogniser dropped, from the gaps between its character boxes."""
-    text = unicodedata.normalize("NFKC", text)  # full-width punctuation and Ⅲ-style numerals
-    if characters and len(characters) == len(text) and height > 0:
+def _centres(characters: list) -> list[float]:
+    return [(box[0][0] + box[1][0]) / 2 for box in characters]
+
+
+def _widest(blanks: list[tuple[float, float]], left: float, right: float) -> float:
+    return max((end - start for start, end in blanks if left < (start + end) / 2 < right), default=0.0)
+
+
+def word_gaps(text: str, characters: list | None, blanks: list[tuple[float, float]]) -> list[float]:
+    """Widths of the blanks where the recogniser did put a space: this line's word spacing."""
+    if not characters or len(characters) != len(text) or not blanks:
+        return []
+    centres = _centres(characters)
+    return [width for position in range(1, len(text) - 1)
+            if text[position] == " " and text[position - 1] != " " and text[position + 1] != " "
+            and (width := _widest(blanks, centres[position - 1], centres[position + 1])) > 0]
+
+
+def fix_spaces(text: str, characters: list | None, blanks: list[tuple[float, float]], word_gap: float) -> str:
+    """Restore the spaces the recogniser dropped ("operatorsfor").
+
+    `characters` are its character boxes (page coordinates, approximate: CTC columns), `blanks`
+    the x ranges of the line without ink (page pixels, exact), `word_gap` the line's usual space.
+    A blank of at least WORD_GAP_SHARE of a word space between two characters' centres is a space.
+    """
+    if characters and len(characters) == len(text) and blanks and word_gap > 0:
+        centres = _centres(characters)
         out: list[str] = []
         for position, char in enumerate(text):
             if position and char != " " and text[position - 1] != " ":
-                gap = characters[position][0][0] - characters[position - 1][1][0]
+                wide = _widest(blanks, centres[position - 1], centres[position]) >= WORD_GAP_SHARE * word_gap
                 # a drop capital ("W" of "WELL") stands apart from the rest of its word
                 drop_capital = position == 1 and text[0].isupper() and char.isupper()
-                if gap > SPACE_GAP * height and not drop_capital:
+                if wide and not drop_capital:
                     out.append(" ")
             out.append(char)
         text = "".join(out)
+    text = unicodedata.normalize("NFKC", text)  # full-width punctuation and Ⅲ-style numerals
     text = _AFTER_STOP.sub(" ", _AFTER_COMMA.sub(" ", text))
     return " ".join(text.split())
 

@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     ocr_enabled: bool = Field(True, description="OCR PDF pages that have no usable text layer")
     ocr_dpi: int = Field(200, ge=100, le=400, description="highest resolution a page is rendered at for OCR")
     ocr_max_pages: int = Field(50, ge=1, description="pages OCR'd per document; later scanned pages are skipped")
-    ocr_page_timeout_seconds: float = Field(30.0, gt=0, le=600, description="time cap for OCR of one page")
+    ocr_page_timeout_seconds: float = Field(120.0, gt=0, le=600, description="time cap for OCR of one page")
 
     @field_validator("data_dir")
     @classmethod

@@ -163,6 +163,27 @@ async def test_signin_is_rate_limited_per_account(gateway) -> None:
     assert (await gateway.post("/api/auth/signin", json={"email": other, "password": PASSWORD})).status_code == 200
 
 
+async def test_signin_limit_holds_across_gateway_replicas(database_url, backing) -> None:
+    """Two gateways sharing Redis: 5 failures in all, not 5 per replica."""
+    dead = f"127.0.0.1:{free_port()}"
+    settings = make_settings(database_url=database_url, ingest_target=dead, chat_target=dead,
+                             redis_url=backing.redis_url)
+    async with serve_gateway(settings) as first_url, serve_gateway(settings) as second_url, \
+            httpx.AsyncClient(base_url=first_url, timeout=30) as first, \
+            httpx.AsyncClient(base_url=second_url, timeout=30) as second:
+        email = new_email()
+        await signup(first, email)
+        for replica in (first, second, first, second, first):
+            failed = await replica.post("/api/auth/signin", json={"email": email, "password": "wrong-pass"})
+            assert failed.status_code == 401
+        for replica in (first, second):
+            blocked = await replica.post("/api/auth/signin", json={"email": email, "password": PASSWORD})
+            assert blocked.status_code == 429 and blocked.json()["reason"] == "SIGNIN_RATE_LIMITED"
+        other = new_email()
+        await signup(second, other)
+        assert (await first.post("/api/auth/signin", json={"email": other, "password": PASSWORD})).status_code == 200
+
+
 def _b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 

@@ -184,9 +184,9 @@ async def signup(body: SignupRequest, state: StateDep) -> TokenOut:
 @router.post("/signin", response_model=TokenOut,
              responses={401: {"description": "bad credentials"}, 429: {"description": "too many failed attempts"}})
 async def signin(body: SigninRequest, request: Request, state: StateDep) -> TokenOut:
-    limiter: SigninLimiter = request.app.state.signin_limiter
+    limiter = request.app.state.signin_limiter  # services/gateway/signin_limit.py: shared across replicas
     key = body.email.lower()
-    wait = limiter.retry_after(key)
+    wait = await limiter.retry_after(key)
     if wait:
         raise ApiError(429, f"Too many failed sign-in attempts; try again in {wait} s", "SIGNIN_RATE_LIMITED",
                        {"Retry-After": str(wait)})
@@ -194,9 +194,9 @@ async def signin(body: SigninRequest, request: Request, state: StateDep) -> Toke
         "SELECT id, email, username, created_at, password_hash FROM users WHERE lower(email) = lower($1)", body.email)
     ok = await asyncio.to_thread(_verify_password, row["password_hash"] if row else None, body.password)
     if not ok or row is None:
-        limiter.failed(key)
+        await limiter.failed(key)
         raise unauthorized("Incorrect email or password", "BAD_CREDENTIALS")
-    limiter.succeeded(key)
+    await limiter.succeeded(key)
     if _hasher.check_needs_rehash(row["password_hash"]):
         new_hash = await asyncio.to_thread(_hasher.hash, body.password)
         await state.db().execute("UPDATE users SET password_hash = $2 WHERE id = $1", row["id"], new_hash)

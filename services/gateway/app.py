@@ -27,6 +27,7 @@ from docent.v1 import chat_pb2_grpc, ingest_pb2_grpc
 from services.gateway import accounts, routes_chat, routes_upload
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware, UploadLimitMiddleware
+from services.gateway.signin_limit import SigninLimits
 from services.gateway.state import GatewayState
 from services.runtime import db
 from services.runtime.config import Settings
@@ -66,6 +67,7 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
             yield
         finally:
             await asyncio.gather(*(channel.close() for channel in state.channels.values()))
+            await _app.state.signin_limiter.close()
             if state.pool is not None:
                 await state.pool.close()
 
@@ -73,7 +75,7 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
                   docs_url=None, redoc_url=None,
                   openapi_tags=[{"name": "auth"}, {"name": "documents"}, {"name": "chat"}, {"name": "ops"}])
     app.state.docent = state
-    app.state.signin_limiter = accounts.SigninLimiter()
+    app.state.signin_limiter = SigninLimits(settings.redis_url)
 
     # outermost last: request context sees everything; CORS headers reach the early 413 too
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)

@@ -16,13 +16,13 @@ How a sentence is chosen:
   of bench/eval with `python -m bench.replay_answers` (docs/QUALITY.md).
 - Identifiers the question quotes or writes as code ('q', `%A`) must match whole, case-sensitively:
   word matching drops one-letter and symbol tokens, and table questions live on them.
-- The answer is one passage: the best sentence, started from the opening of its section when it is
+- The answer leads with the best sentence, started from the opening of its section when it is
   among the section's first sentences (an FAQ entry answers first, then elaborates), or from the
-  sentence before it when it cannot stand alone ("This …", a lower-case continuation); then the
-  sentences that continue it (a list after "as follows:") while the answer stays short
-  (ANSWER_WORDS). A runner-up sentence of another passage scoring within RUNNER_UP_CUTOFF of the
-  best is quoted after it with its own [n] while the answer stays short (two passages matching
-  almost equally: the user sees both rather than a coin toss); a comparison adds the other side.
+  sentence before it when it cannot stand alone ("This …", a lower-case continuation), and
+  continued while its paragraph goes on (CONTINUE_WORDS; a list after "as follows:" up to
+  ANSWER_WORDS). Then the next best sentences scoring at least RUNNER_UP_CUTOFF of the best are
+  added, each with its own [n], while the answer stays under ANSWER_WORDS: a short answer that
+  cites the passages it quotes, not a run of passages.
 - A sentence this conversation already answered with scores less, unless the question compares.
 - Earlier conversations (chat memory) are quoted only when the question asks about the past or
   no document sentence matches: a document that states a fact beats an old answer quoting it.
@@ -52,9 +52,10 @@ CODE_PENALTY = 0.3
 FROM_OPENING_WITHIN = 5
 REPEAT_PENALTY = 0.5
 COMPARISON_CUTOFF = 0.5
-RUNNER_UP_CUTOFF = 0.8
+RUNNER_UP_CUTOFF = 0.55
 MAX_PARTS = 4
 ANSWER_WORDS = 60
+CONTINUE_WORDS = 25
 MIN_SENTENCE_WORDS = 3
 MAX_SENTENCE_CHARS = 400
 # a passage this similar to the question is offered even without shared words
@@ -299,7 +300,7 @@ def _continuation(best: Sentence, candidates: Sequence[Sentence]) -> list[Senten
         if sentence.heading != last.heading:
             break
         size = len(sentence.text.split())
-        if length + size > ANSWER_WORDS:
+        if length + size > (ANSWER_WORDS if listing else CONTINUE_WORDS):
             break
         chosen.append(sentence)
         length += size
@@ -351,8 +352,8 @@ def compose(request: AnswerRequest) -> list[str]:
             if other is not None and other.score >= COMPARISON_CUTOFF * best.score:
                 texts += _quoted([other])
             return texts
-        # a close runner-up elsewhere is quoted too, while the answer stays short: when two passages
-        # match almost equally, the user sees both rather than a coin toss
+        # close runners-up are quoted too while the answer stays short: when the question matches
+        # more than one place, the user sees each, cited
         length = sum(len(c.text.split()) for c in chosen)
         used = {c.order for c in chosen}
         for runner_up in ranked[1:]:

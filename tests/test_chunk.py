@@ -239,3 +239,29 @@ def test_table_without_caption_takes_the_nearest_heading(count):
         assert all(re.fullmatch(r"\| item \d+ \| \d+ \|", line) for line in chunk.text.split("\n")[3:])
     assert chunks[0].text.startswith("# Stock") and "| item" not in chunks[0].text
     assert chunks[-1].text.startswith("After the table.")
+
+
+def test_docx_table_under_a_heading_keeps_it_in_every_piece(count):
+    import io
+
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Prices", 2)
+    table = document.add_table(rows=61, cols=2)
+    for r in range(61):
+        for c, value in enumerate(("Fruit", "Price") if r == 0 else (f"fruit {r}", f"{r * 3} EUR")):
+            table.cell(r, c).text = value
+    document.add_paragraph("Prices change every week.")
+    buffer = io.BytesIO()
+    document.save(buffer)
+    chunks = list(chunk_pages(iter_pages(buffer.getvalue(), "application/vnd.openxmlformats-officedocument."
+                                         "wordprocessingml.document"), count, max_tokens=100, overlap_tokens=20))
+    check_limits(chunks, count, 100)
+    tables, rest = chunks[:-1], chunks[-1]
+    assert len(tables) >= 3 and rest.text == "Prices change every week."
+    rows = []
+    for chunk in tables:
+        assert chunk.text.startswith("## Prices\n| Fruit | Price |\n|-|-|\n| fruit ")
+        rows += chunk.text.split("\n")[3:]
+    assert rows == [f"| fruit {r} | {r * 3} EUR |" for r in range(1, 61)]

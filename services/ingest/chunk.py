@@ -105,6 +105,8 @@ def _pieces(page: Page, count: Callable[[str], int], limit: int, continues: bool
         table = read_table(paragraph)
         if table is not None:
             label = table.label
+            if label.startswith("#"):  # a heading the parser took as the table's title still heads what follows
+                context.heading = label
             if len(label) > 2 * MAX_LABEL_CHARS:  # prose glued to a table in a Markdown file: not a label
                 yield from _text_pieces(label, page.number, count, limit, False, context)
                 label = ""

@@ -1,8 +1,9 @@
 """OCR for PDF pages without a usable text layer: RapidOCR on onnxruntime, in-process and offline.
 
-The detection, orientation and recognition models (PP-OCRv4 mobile, ONNX) ship inside the
-rapidocr-onnxruntime wheel under rapidocr_onnxruntime/models/; that version has no download code
-at all, and their sha256 is checked at load like the embedder's. One engine per process, used by
+The detection and recognition models (PP-OCRv4 mobile, ONNX; plus a line-orientation model that
+RapidOCR loads and this module does not use) ship inside the rapidocr-onnxruntime wheel under
+rapidocr_onnxruntime/models/; that version has no download code at all, and their sha256 is
+checked at load like the embedder's. One engine per process, used by
 one page at a time (a lock): on 2 cores, two concurrent OCR runs would only slow each other and
 the embedder down.
 """

@@ -71,6 +71,7 @@ CLOSEST_PREFIX = "The closest passage I found: "
 _HEADING_MARK = re.compile(r"^\s*(#{1,6}\s+|\*\*|Q[:.]\s|Question:\s)")
 _LIST_MARK = re.compile(r"^\s*([-*+•]|\d{1,3}[.)])\s+")
 _EXACT = re.compile(r"'([^'\s]{1,24})'|\"([^\"\s]{1,24})\"|`([^`]{1,40})`|(?<!\S)(%[A-Za-z%:]{1,3})(?![\w])")
+_TABLE_RULE = re.compile(r":?-+:?|")
 _SYMBOL = re.compile(r"[^\w\s.,'’-]")
 _TERMINAL = re.compile(r"[.!?:;\"')\]]$")
 
@@ -84,6 +85,7 @@ class Sentence:
     heading: str  # the heading or question line(s) it sits under ("" when none)
     order: int
     code: bool = False
+    row: bool = False  # a table row: answers alone, never padded with the rows above it
     score: float = 0.0
 
     @cached_property
@@ -120,25 +122,47 @@ def _is_listing(sentence: str) -> bool:
     return sentence.count("…") + sentence.count(". . .") >= 2
 
 
-def _lines(text: str) -> Iterator[tuple[str, bool]]:
-    """(text, is_heading) units of a block: a PDF line often ends with the next section's title
-    ("… by write.table. 5. Quoting strings"), which is split off as a heading."""
+TEXT, HEADING, ROW = "text", "heading", "row"
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _lines(text: str) -> Iterator[tuple[str, str]]:
+    """(text, kind) units of a block. A PDF line often ends with the next section's title ("… by
+    write.table. 5. Quoting strings"), which is split off as a heading. A Markdown table row comes
+    as one unit "Header: cell; Header: cell" (its header row named each cell), so a quoted row
+    reads as an answer and keeps the words a question asks with ("standard size of 'q'")."""
+    header: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
+        if line.startswith("|") and line.endswith("|") and len(line) > 1:
+            cells = _cells(line)
+            if all(_TABLE_RULE.fullmatch(cell) for cell in cells):
+                continue
+            if not header:
+                header = cells
+                continue
+            pairs = [f"{name}: {cell}" if name else cell for name, cell in zip(header, cells, strict=False) if cell]
+            if pairs:
+                yield "; ".join(pairs), ROW
+            continue
+        header = []
         if not line:
-            yield "", False
+            yield "", TEXT
             continue
         if _is_heading(line):
-            yield line, True
+            yield line, HEADING
             continue
         parts = sentences(line)
         tail = parts[-1] if len(parts) > 1 else ""
         title_like = tail[:1].isupper() or tail[:1].isdigit()
         if tail and title_like and not _TERMINAL.search(tail) and len(tail.split()) <= 6:
-            yield line[: line.rfind(tail)].strip(), False
-            yield tail, True
+            yield line[: line.rfind(tail)].strip(), TEXT
+            yield tail, HEADING
         else:
-            yield line, False
+            yield line, TEXT
 
 
 def _looks_like_code(sentence: str) -> bool:
@@ -170,8 +194,16 @@ def block_sentences(block: DocumentBlock, first_order: int = 0) -> list[Sentence
                 in_section += 1
         paragraph += 1
 
-    for line, is_heading in _lines(block.text):
-        if is_heading:
+    for line, kind in _lines(block.text):
+        if kind == ROW:
+            flush()
+            found.append(Sentence(shorten(line, MAX_SENTENCE_CHARS), block, paragraph, in_section,
+                                  " ".join(headings), first_order + len(found), row=True))
+            heading_done = True
+            paragraph += 1
+            if in_section >= 0:
+                in_section += 1
+        elif kind == HEADING:
             flush()
             if heading_done:
                 headings.clear()
@@ -281,7 +313,7 @@ def _continuation(best: Sentence, candidates: Sequence[Sentence]) -> list[Senten
     sentences, else from best; then on while they continue it and the answer stays short."""
     same_block = sorted((c for c in candidates if c.block is best.block), key=lambda c: c.order)
     start = best
-    if 0 < best.in_section <= FROM_OPENING_WITHIN:
+    if 0 < best.in_section <= FROM_OPENING_WITHIN and not best.row:
         opening = [c for c in same_block if c.order < best.order and c.heading == best.heading and c.in_section == 0]
         if opening and sum(len(c.text.split()) for c in same_block
                            if opening[-1].order <= c.order <= best.order) <= ANSWER_WORDS:

@@ -21,6 +21,7 @@ import structlog
 from docent.v1 import retrieval_pb2
 from services.ingest import documents
 from services.ingest.chunk import Chunk, chunk_pages
+from services.ingest.contextual import document_title, embedding_text
 from services.ingest.ocr import OcrOptions
 from services.ingest.parse import ParseError, count_pages, iter_pages
 from services.ingest.webhook import deliver_webhook
@@ -207,11 +208,12 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
 
     # embed in small batches, index as we go: the first chunks are searchable early
     embedder = await resources.embedder()
+    title = document_title(claimed.filename) if resources.settings.contextual_chunks else ""
     await progress.update(force=True, stage="embedding", chunks_done=0)
     pending: list[retrieval_pb2.Chunk] = []
     for start in range(0, len(chunks), embedder.batch_size):
         batch = chunks[start:start + embedder.batch_size]
-        vectors = await asyncio.to_thread(embedder.embed, [chunk.text for chunk in batch])
+        vectors = await asyncio.to_thread(embedder.embed, [embedding_text(title, chunk.text) for chunk in batch])
         pending.extend(
             retrieval_pb2.Chunk(chunk_index=chunk.index, text=chunk.text, page_start=chunk.page_start,
                                 page_end=chunk.page_end, embedding=vector.tolist(), token_count=chunk.token_count)

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     min_score_documents: float = Field(0.2, ge=-1, le=1)
     min_score_chat_history: float = Field(0.35, ge=-1, le=1)
     search_mode: Literal["dense", "hybrid"] = "dense"
+    contextual_chunks: bool = Field(False, description="embed each chunk led by its document's title "
+                                                       "(needs `docent reindex` when changed)")
 
     # second-stage reranking of document hits (services/retrieval/rerank.py); off by default, see
     # bench/results/rerank-probe.md. "endpoint": a /rerank server (llama.cpp, TEI, Infinity, Jina, Cohere)

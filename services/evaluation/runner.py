@@ -44,6 +44,10 @@ CONFIGURATIONS = {
     "default": Configuration("default", "the shipped defaults"),
     "memory": Configuration("memory", "the defaults, asked by a user with a long chat history", memory_turns=300),
     "hybrid": Configuration("hybrid", "dense + BM25 fusion", request={"mode": "hybrid"}),
+    "contextual": Configuration("contextual", "chunks embedded led by their document's title",
+                                env={"DOCENT_CONTEXTUAL_CHUNKS": "true"}),
+    "contextual-hybrid": Configuration("contextual-hybrid", "contextual chunks + dense/BM25 fusion",
+                                       env={"DOCENT_CONTEXTUAL_CHUNKS": "true"}, request={"mode": "hybrid"}),
     "documents-only": Configuration("documents-only", "chat-history weight 0 (no memory search)",
                                     request={"weights": {"documents": 1.0, "chat_history": 0.0}}),
 }

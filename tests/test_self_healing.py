@@ -161,8 +161,8 @@ def test_every_role_killed_in_turn_comes_back(up: UpProcess) -> None:
     # nothing lost: every document completed once, with the chunks of a clean run (those in flight at a kill
     # may wait for an expired lease or a lost message to be swept); every answered turn stored and indexed
     deadline = time.monotonic() + 60
-    while not all(client.completed(document_id) for document_id in client.documents):
-        assert time.monotonic() < deadline, "documents in flight at a kill did not complete"
+    while waiting := [document_id for document_id in client.documents if not client.completed(document_id)]:
+        assert time.monotonic() < deadline, f"documents in flight at a kill did not complete: {waiting}"
         time.sleep(0.5)
     for document_id in client.documents:
         status = client.http.get(f"/api/upload/{document_id}/status").json()

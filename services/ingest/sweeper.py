@@ -51,9 +51,10 @@ async def sweep_once(settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer)
             counts["failed"] = sum(1 for row in expired if row["status"] == "failed")
             counts["recovered"] = len(expired) - counts["failed"]
             # A pending document enqueued long ago is waiting behind a backlog, or lost its message (Redis
-            # restarted, enqueue failed). Only the lost ones are re-enqueued, so that a backlog of N documents
-            # stays about N messages instead of growing by N each sweep. A recovered document's old message
-            # belongs to a dead worker: it gets a new one.
+            # restarted, enqueue failed, the worker that fetched it died). Only those without a waiting message
+            # are re-enqueued, so that a backlog of N documents stays about N messages (plus the few a worker
+            # has prefetched) instead of growing by N each sweep. A recovered document's old message belongs
+            # to a dead worker: it gets a new one.
             recovered = {row["id"] for row in expired if row["status"] == "pending"}
             stale = await conn.fetch(
                 """SELECT id FROM documents

@@ -80,15 +80,21 @@ def queue_stats(broker: RedisBroker) -> dict[str, dict[str, int]]:
 
 
 def pending_arguments(broker: RedisBroker, queue: str, actor: str) -> set[str]:
-    """The first argument (a document id) of every `actor` message still in the broker for `queue`:
-    waiting, in flight, or delayed for a retry. Such a message will be delivered; a document without one
-    lost it. By argument, not message id: the broker keys each enqueue (and each retry) by an id of its own.
+    """The first argument (a document id) of every `actor` message waiting in `queue` or in its delayed
+    queue, not yet fetched by any worker: such a message will be delivered. A message a worker fetched
+    (prefetched, or held until its retry is due) is not counted: if that worker died with it, Dramatiq
+    redelivers it only after its heartbeat timeout and a random maintenance pass, possibly minutes later.
+    By argument, not message id: the broker keys each enqueue (and each retry) by an id of its own.
     """
     client: redis.Redis = broker.client
     found: set[str] = set()
-    for key in (f"{NAMESPACE}:{queue}.msgs", f"{NAMESPACE}:{queue}.DQ.msgs"):
-        for raw in client.hscan_iter(key, count=500):
-            body = json.loads(raw[1])
-            if body.get("actor_name") == actor and body.get("args"):
-                found.add(str(body["args"][0]))
+    for base in (f"{NAMESPACE}:{queue}", f"{NAMESPACE}:{queue}.DQ"):
+        ids = client.lrange(base, 0, -1)
+        for start in range(0, len(ids), 500):
+            for raw in client.hmget(f"{base}.msgs", ids[start:start + 500]):
+                if raw is None:
+                    continue
+                body = json.loads(raw)
+                if body.get("actor_name") == actor and body.get("args"):
+                    found.add(str(body["args"][0]))
     return found

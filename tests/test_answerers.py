@@ -408,3 +408,19 @@ def test_real_follow_up_moves_to_the_new_subject_and_snippets_show_the_quote(emb
     assert "SPSS" in pieces[0]
     assert not any(stata_sentence in piece for piece in pieces)  # not repeated
     assert copied_from_context(" ".join(pieces), second)
+
+
+def test_a_follow_up_about_the_follow_up_keeps_the_subject_and_moves_on() -> None:
+    first = "What is our Q3 revenue?"
+    history = [HistoryTurn("t1", first, first, answer_of(AnswerRequest(query=first, standalone_query=first,
+                                                                        documents=blocks())))]
+    second = rule_rewrite("and Q2?", history)
+    second_answer = answer_of(AnswerRequest(query="and Q2?", standalone_query=second, history=history,
+                                            documents=blocks()))
+    assert second_answer.startswith("Q2 revenue was $4.2M")
+    history.append(HistoryTurn("t2", "and Q2?", second, second_answer))
+    third = rule_rewrite("and what drove it?", history)
+    assert "Q2" in third and "revenue" in third  # the chain keeps the subject of the follow-up
+    third_answer = answer_of(AnswerRequest(query="and what drove it?", standalone_query=third, history=history,
+                                           documents=blocks()))
+    assert "spring price change" in third_answer and "[2]" in third_answer

@@ -178,3 +178,10 @@ def test_every_role_killed_in_turn_comes_back(up: UpProcess) -> None:
     for role in ("worker", "sweeper", "chat", "gateway", "ingest", "retrieval", "redis", "postgres"):
         assert f'docent_child_restarts_total{{role="{role}"}}' in metrics
     assert 'docent_child_restarts_total{role="worker"} 2.0' in metrics
+
+    # and Ctrl-C still stops everything, the restarted children and backing servers included
+    names = " ".join(" ".join(proc.cmdline()) for proc in up.track_descendants())
+    assert "postgres" in names and "redis-server" in names and "services.ingest.sweeper" in names
+    assert up.stop(signal.SIGINT) == 0
+    time.sleep(0.5)
+    assert up.survivors() == []

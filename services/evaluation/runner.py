@@ -48,6 +48,9 @@ CONFIGURATIONS = {
                                 env={"DOCENT_CONTEXTUAL_CHUNKS": "true"}),
     "contextual-hybrid": Configuration("contextual-hybrid", "contextual chunks + dense/BM25 fusion",
                                        env={"DOCENT_CONTEXTUAL_CHUNKS": "true"}, request={"mode": "hybrid"}),
+    **{f"hybrid-dense{weight}": Configuration(
+        f"hybrid-dense{weight}", f"hybrid, the dense ranking fused again at weight {weight}",
+        env={"DOCENT_HYBRID_DENSE_WEIGHT": str(weight)}, request={"mode": "hybrid"}) for weight in (0.3, 0.5, 0.7)},
     "documents-only": Configuration("documents-only", "chat-history weight 0 (no memory search)",
                                     request={"weights": {"documents": 1.0, "chat_history": 0.0}}),
 }

@@ -13,6 +13,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 
 from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval import sparse
+from services.retrieval.fusion import weighted_rrf
 from services.retrieval.merge import MergedItem, Weights, merge
 from services.retrieval.rerank import RerankStage
 from services.retrieval.store import (
@@ -179,8 +180,16 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 return []
             # hybrid: the threshold applies to the dense prefetch inside the fusion query
             limit = self.rerank.candidates(top_k) if source is Source.DOCUMENTS else top_k
-            return await self.store.search(source, user_id, dense, limit, filters, sparse=query_sparse,
-                                           min_score=min_score if hybrid else None)
+            dense_weight = self.settings.hybrid_dense_weight
+            if not hybrid or dense_weight <= 0:
+                return await self.store.search(source, user_id, dense, limit, filters, sparse=query_sparse,
+                                               min_score=min_score if hybrid else None)
+            # weighted hybrid: the dense ranking fused again with the store's dense + BM25 ranking
+            both, plain = await asyncio.gather(
+                self.store.search(source, user_id, dense, limit, filters, sparse=query_sparse, min_score=min_score),
+                self.store.search(source, user_id, dense, limit, filters))
+            plain = [hit for hit in plain if hit.score >= min_score]
+            return weighted_rrf([(dense_weight, plain), (1.0 - dense_weight, both)], limit)
 
         document_hits, chat_hits = await asyncio.gather(
             fetch(Source.DOCUMENTS, min_documents), fetch(Source.CHAT_HISTORY, min_chat))

@@ -44,6 +44,7 @@ CONFIGURATIONS = {
     "default": Configuration("default", "the shipped defaults"),
     "memory": Configuration("memory", "the defaults, asked by a user with a long chat history", memory_turns=300),
     "hybrid": Configuration("hybrid", "dense + BM25 fusion", request={"mode": "hybrid"}),
+    "dense": Configuration("dense", "dense retrieval only", request={"mode": "dense"}),
     "contextual": Configuration("contextual", "chunks embedded led by their document's title",
                                 env={"DOCENT_CONTEXTUAL_CHUNKS": "true"}),
     "contextual-hybrid": Configuration("contextual-hybrid", "contextual chunks + dense/BM25 fusion",

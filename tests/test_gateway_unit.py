@@ -193,7 +193,7 @@ def test_turn_json_explain_view() -> None:
     plain = turn_json(turn)
     assert "context" not in plain
     assert plain["sources"][0] == {"document_id": "d", "filename": "a.pdf", "chunk_index": 3, "relevance_score": 0.5,
-                                   "page_start": 2, "page_end": 2, "snippet": "five", "marker": 1}
+                                   "page_start": 2, "page_end": 2, "snippet": "five", "marker": 1, "cited": False}
     context = turn_json(turn, explain=True)["context"]
     assert [(c["rank"], c["source"], c["weight"]) for c in context] == [(1, "documents", 0.7),
                                                                       (2, "chat_history", 0.3)]

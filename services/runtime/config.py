@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     search_top_k: int = Field(10, ge=1, le=100)
     min_score_documents: float = Field(0.2, ge=-1, le=1)
     min_score_chat_history: float = Field(0.35, ge=-1, le=1)
-    search_mode: Literal["dense", "hybrid"] = "dense"
+    search_mode: Literal["dense", "hybrid"] = "hybrid"  # measured: docs/QUALITY.md
     hybrid_dense_weight: float = Field(0.0, ge=0, le=1, description="hybrid search: weight of the dense ranking "
                                        "fused again with the store's dense + BM25 ranking (0: that ranking alone)")
     contextual_chunks: bool = Field(False, description="embed each chunk led by its document's title "

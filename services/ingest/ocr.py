@@ -10,7 +10,6 @@ the embedder down.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ import numpy as np
 import structlog
 
 from services.ingest.ocr_layout import Line, arrange, fix_spaces, word_gaps
+from services.runtime.embeddings import file_sha256
 
 log = structlog.get_logger("docent.ingest.ocr")
 
@@ -64,14 +64,6 @@ class OcrOptions:
                    page_timeout_seconds=settings.ocr_page_timeout_seconds, threads=settings.embedding_threads)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _Deadline:
     """Wraps an onnxruntime session so every run first checks the page's deadline.
 
@@ -107,7 +99,7 @@ class OcrEngine:
             path = models / name
             if not path.exists():
                 raise OcrUnavailable(f"OCR model file missing: {path} (run `make setup`)")
-            if _sha256(path) != expected:
+            if file_sha256(path) != expected:
                 raise OcrUnavailable(f"OCR model file {path} has an unexpected sha256; refusing to load it")
         threads = threads or min(os.cpu_count() or 1, 2)
         self._engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1,

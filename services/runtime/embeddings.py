@@ -40,7 +40,8 @@ class ModelFileError(RuntimeError):
     pass
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a model file, read in 1 MiB blocks (shared by every model loaded from a wheel)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -51,7 +52,7 @@ def _sha256(path: Path) -> str:
 def _verified(path: Path, expected: str) -> Path:
     if not path.exists():
         raise ModelFileError(f"model file missing: {path} (run `make setup`)")
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise ModelFileError(f"model file {path} has sha256 {actual}, expected {expected}; refusing to load it")
     return path

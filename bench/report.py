@@ -78,6 +78,11 @@ def markdown(results: dict, plots: list[str]) -> str:
                   _table(["store", "chunks", "query p50 ms", "p99 ms", "load s", "RSS delta MB"],
                          [[r["store"], r["chunks"], r["p50_ms"], r["p99_ms"], r["load_s"], r["rss_delta_mb"]]
                           for r in results["scale"]])]
+    if results.get("ocr"):
+        o = results["ocr"]
+        parts += ["", "## OCR (in-process, the scanned eval PDFs)", "",
+                  _table(["pages", "seconds", "pages/s", "CER median", "CER max"],
+                         [[o["pages"], o["seconds"], o["pages_per_s"], o["cer_median"], o["cer_max"]]])]
     if results.get("quality"):
         quality = results["quality"]
         parts += ["", "## Answer quality (`docent eval`, manual corpus, test split; full report: docs/QUALITY.md)", "",

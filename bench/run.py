@@ -75,6 +75,10 @@ def run_suite(mode: str) -> dict:
                                           "speedup": round(two["files_per_s"] / one["files_per_s"], 2)}
     else:
         results["notes"].append("quick mode: no 205-page PDF, no worker scale-out, no 100k/1M chunks.")
+    _say("ocr: the scanned eval PDFs, pages/s and character error rate")
+    from bench import ocr
+
+    results["ocr"] = ocr.run()
     _say(f"scale: store query at {profile['scale']} chunks")
     results["scale"] = scale.run(profile["scale"], profile["local_cap"])
     return results

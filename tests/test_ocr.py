@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import io
-import re
 import time
-import unicodedata
 from pathlib import Path
 
 import pypdfium2 as pdfium
 import pytest
 from pydantic import ValidationError
 
+from bench.ocr import cer, plain
 from services.ingest.filetypes import PDF
 from services.ingest.ocr import OcrOptions
 from services.ingest.ocr_layout import Line, arrange, fix_spaces, word_gaps
@@ -23,31 +22,6 @@ SCAN = DATA / "scan_gutenberg-huckfinn-p29_1p.pdf"
 # measured 0.003 with the default settings (150 dpi, the scan's own resolution); the cap leaves
 # room for onnxruntime builds that round differently
 MAX_CER = 0.02
-_QUOTES = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"'})
-
-
-def plain(text: str) -> str:
-    """Text as a reader compares it: straight quotes, single spaces, no space before punctuation
-    (the 1884 typesetting puts one before ; ? and ! which is layout, not text)."""
-    text = unicodedata.normalize("NFKC", text).translate(_QUOTES)
-    return re.sub(r" (?=[,;:.!?])", "", " ".join(text.split()))
-
-
-def edit_distance(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        current = [i]
-        for j, char_b in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1]
-
-
-def cer(hypothesis: str, reference: str) -> float:
-    hypothesis, reference = plain(hypothesis), plain(reference)
-    return edit_distance(hypothesis, reference) / len(reference)
-
-
 def combined_pdf(parts: list[tuple[Path, int]]) -> bytes:
     """A new PDF made of real pages of the test files (file, 0-based page), in that order."""
     out = pdfium.PdfDocument.new()

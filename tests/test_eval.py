@@ -23,7 +23,8 @@ def test_first_hit_rank_needs_the_gold_document_and_a_gold_page() -> None:
 
 def test_metrics_by_hand() -> None:
     def outcome(sources_rank_doc: list[str], cited: list[bool], answer: str, gold: str):
-        sources = [Ranked(doc, 1, 1, flag) for doc, flag in zip(sources_rank_doc, cited, strict=True)]
+        sources = [Ranked(doc, 1, 1, flag, marker) for marker, (doc, flag)
+                   in enumerate(zip(sources_rank_doc, cited, strict=True), start=1)]
         return score("q", "c", "en", "gold", frozenset({1}), gold, answer, sources, sources, 10.0, False)
 
     rows = [outcome(["gold", "x"], [True, False], "It is 42 [1].", "is 42"),   # rank 1, cited, gold
@@ -37,6 +38,9 @@ def test_metrics_by_hand() -> None:
     assert values["cited_hit"] == round(1 / 3, 4)
     assert values["gold_in_answer"] == 0.5 and values["gold_questions"] == 2  # of the questions with a gold string
     assert values["cited_per_answer"] == round(2 / 3, 4)
+    assert values["markers_valid"] == 1.0  # every [n] names a source
+    bad = outcome(["gold"], [True], "It is 42 [3].", "is 42")
+    assert not bad.markers_valid
     # containment ignores case, spacing, punctuation and citation markers
     assert contains_gold("Use os.remove(path) [2], or unlink.", "use OS.remove(path) , or")
     assert not contains_gold("anything", "")

@@ -21,7 +21,9 @@ from services.chat.text import fold, normalise_space, sentences, shorten, strip_
 
 NOT_FOUND_ANSWER = "I couldn't find this in your documents."
 SNIPPET_CHARS = 300
-_CITED = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+# "[2]" or "[1, 3]" not glued to a word or another bracket: "a[2, 1]" and "Lst[[1]]" in a quoted
+# passage are the document's own text, not citations
+_CITED = re.compile(r"(?<![\w\[(])\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 CUTOFFS = (1, 5, 10)
-_MARKER = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+_MARKER = re.compile(r"(?<![\w\[(])\[\d+(?:\s*,\s*\d+)*\]")  # as services/chat/answer.py reads them
 _NON_WORD = re.compile(r"[^\w%$.]+")
 
 
@@ -24,6 +24,7 @@ class Ranked:
     page_start: int
     page_end: int
     cited: bool = True
+    marker: int = 0  # the [n] this source answers to (sources only)
 
 
 def is_hit(item: Ranked, document_id: str, pages: frozenset[int]) -> bool:
@@ -87,7 +88,7 @@ def score(question_id: str, corpus: str, lang: str, document_id: str, pages: fro
         cited_count=sum(item.cited for item in sources), source_count=len(sources),
         has_gold=bool(gold), gold_in_answer=contains_gold(answer, gold),
         answer_words=len(_MARKER.sub(" ", answer).split()), latency_ms=latency_ms, not_found=not_found,
-        failed=failed, markers_valid=set(cited_numbers(answer)) <= set(range(1, len(sources) + 1)),
+        failed=failed, markers_valid=set(cited_numbers(answer)) <= {item.marker for item in sources},
         cited_precision=_precision([is_hit(item, document_id, pages) for item in sources if item.cited]))
 
 

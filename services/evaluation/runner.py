@@ -64,8 +64,8 @@ def _ranked_context(body: dict) -> list[Ranked]:
 
 def _ranked_sources(body: dict) -> list[Ranked]:
     # a server without the `cited` flag returned only the sources its answer cited
-    return [Ranked(item["document_id"], item["page_start"], item["page_end"], bool(item.get("cited", True)))
-            for item in body.get("sources") or []]
+    return [Ranked(item["document_id"], item["page_start"], item["page_end"], bool(item.get("cited", True)),
+                   item.get("marker", 0)) for item in body.get("sources") or []]
 
 
 async def ask(client: RestClient, question: Question, document_id: str,

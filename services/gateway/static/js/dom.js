@@ -55,7 +55,7 @@ function inline(text, markers) {
   return escapeHtml(text)
     .replace(/`([^`]+)`/g, '<code>$1</code>')
     .replace(/\*\*([^*]+)\*\*/g, '<strong>$1</strong>')
-    .replace(/\[(\d+(?:\s*,\s*\d+)*)\]/g, (whole, list) => list.split(/\s*,\s*/).map((n) => (markers.has(Number(n))
+    .replace(/(?<![\w[(])\[(\d+(?:\s*,\s*\d+)*)\]/g, (whole, list) => list.split(/\s*,\s*/).map((n) => (markers.has(Number(n))
       ? `<button type="button" class="cite" data-marker="${n}" title="Show source ${n}">${n}</button>`
       : `[${n}]`)).join(''));
 }

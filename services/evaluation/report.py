@@ -14,7 +14,8 @@ COLUMNS = (
     ("not_found", "not found"), ("failed", "errors"), ("answer_words_p50", "words p50"),
     ("latency_ms_p50", "ms p50"), ("latency_ms_p95", "ms p95"),
 )
-PLOTTED = (("sources_r@5", "sources R@5"), ("cited_hit", "answer page cited"), ("gold_in_answer", "gold in answer"))
+PLOTTED = (("sources_r@5", "sources R@5"), ("sources_mrr", "sources MRR"), ("cited_hit", "answer page cited"),
+           ("cited_precision", "cited precision"), ("gold_in_answer", "gold in answer"))
 
 
 def _cell(name: str, value: float) -> str:
@@ -64,7 +65,7 @@ def plot(runs: Sequence[dict], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    bars = [(f"{run['label']}\n{name}", result["overall"]) for run in runs
+    bars = [(f"{run['label'].split(' (')[0]}\n{name}", result["overall"]) for run in runs
             for name, result in run["configurations"].items()]
     figure, axis = plt.subplots(figsize=(max(6.0, 1.6 * len(bars)), 3.6))
     width = 0.8 / len(PLOTTED)
@@ -74,7 +75,7 @@ def plot(runs: Sequence[dict], path: Path) -> bool:
     axis.set_xticks(range(len(bars)), [name for name, _ in bars], fontsize=8)
     axis.set_ylim(0, 1)
     axis.set_ylabel("share of questions")
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axis.set_title("Docent answer quality through POST /api/chat/ (test split)", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

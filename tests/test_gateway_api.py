@@ -151,7 +151,10 @@ async def test_a_bad_file_ends_failed_with_its_reason(alice) -> None:
     assert events[-1][0] == "done" and final["status"] == "failed"
     assert "password" in final["error"].lower() and final["task"]["task_state"] == "FAILURE"
     assert final["document"]["processing_error"] == final["error"]
+    assert final["error_reason"] == final["document"]["error_reason"] == "PDF_ENCRYPTED"
     assert final["document"]["vector_collection_id"] is None
+    status = (await alice.request("GET", f"/api/upload/{reply.json()['id']}/status")).json()
+    assert (status["status"], status["error"], status["error_reason"]) == ("failed", final["error"], "PDF_ENCRYPTED")
 
 
 async def test_chat_answers_with_sources_and_explain(alice, alice_document) -> None:

@@ -148,7 +148,7 @@ def test_document_json_has_the_seed_fields() -> None:
     seed_fields = {"id", "user_id", "filename", "file_size", "mime_type", "vector_collection_id",
                    "processing_status", "processing_error", "task_id", "uploaded_at"}
     assert seed_fields <= body.keys()
-    assert body["vector_collection_id"] is None and body["processing_error"] is None
+    assert body["vector_collection_id"] is None and body["processing_error"] is None and body["error_reason"] is None
     assert body["processing_status"] == "pending" and body["uploaded_at"] == "2023-11-14T22:13:20Z"
     done = document_json(_document(ingest_pb2.DOCUMENT_STATUS_COMPLETED, stage="completed"))
     assert done["vector_collection_id"] == "docent_chunks"
@@ -173,8 +173,9 @@ def test_status_progress_is_monotonic_over_the_stages() -> None:
     assert bodies[1]["task"]["task_info"]["status"] == "Parsing page 1 of 40"
     assert bodies[4]["progress"]["message"] == "Embedding chunk 10 of 100"
     failed = status_json(ingest_pb2.Document(id="d", status=ingest_pb2.DOCUMENT_STATUS_FAILED,
-                                             error="password-protected"))
+                                             error="password-protected", error_reason="PDF_ENCRYPTED"))
     assert failed["error"] == "password-protected" and failed["task"]["task_state"] == "FAILURE"
+    assert failed["error_reason"] == "PDF_ENCRYPTED" and bodies[-1]["error_reason"] is None
 
 
 def test_turn_json_explain_view() -> None:

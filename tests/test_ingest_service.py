@@ -124,20 +124,21 @@ async def test_delete_removes_row_and_vectors(stack) -> None:
     assert not again.deduplicated
 
 
-@pytest.mark.parametrize(("filename", "status", "error_part"), [
-    ("R-data_41p.pdf", COMPLETED, ""),
-    ("encrypted_userpw_aes256_R-data_41p.pdf", FAILED, "password-protected"),
-    ("scan_gutenberg-huckfinn-p29_1p.pdf", COMPLETED, ""),  # OCR'd: see the test below
-    ("malformed_not-a-pdf.pdf", FAILED, "not a valid PDF"),
+@pytest.mark.parametrize(("filename", "status", "error_part", "reason"), [
+    ("R-data_41p.pdf", COMPLETED, "", ""),
+    ("encrypted_userpw_aes256_R-data_41p.pdf", FAILED, "password-protected", "PDF_ENCRYPTED"),
+    ("scan_gutenberg-huckfinn-p29_1p.pdf", COMPLETED, "", ""),  # OCR'd: see the test below
+    ("malformed_not-a-pdf.pdf", FAILED, "not a valid PDF", "PDF_INVALID"),
 ])
-async def test_testdata_reaches_the_state_its_manifest_says(stack, filename, status, error_part) -> None:
+async def test_testdata_reaches_the_state_its_manifest_says(stack, filename, status, error_part, reason) -> None:
     running, worker = stack
     owner = user()
     reply = await running.upload(owner, filename, (TESTDATA / filename).read_bytes(), "application/pdf")
     document = (await running.wait_terminal(owner, [reply.document.id], timeout=240, worker=worker))[reply.document.id]
     assert document.status == status, (STATUS.Name(document.status), document.error)
-    assert error_part in document.error
+    assert error_part in document.error and document.error_reason == reason  # the stable code beside the message
     if status == FAILED:
+        assert describe(document) == f"failed · {document.error} ({reason})"
         assert document.progress.attempts == 1  # permanent: not retried
         assert await running.stored_chunks(owner, document.id) == 0
 
@@ -167,7 +168,7 @@ async def test_truncated_pdf_ends_terminal_without_hanging(stack) -> None:
     if document.status == COMPLETED:  # recovered what could be recovered: then it is really searchable
         assert document.chunk_count > 0 and await running.stored_chunks(owner, document.id) == document.chunk_count
     else:
-        assert "PDF" in document.error
+        assert "PDF" in document.error and document.error_reason == "PDF_INVALID"
 
 
 async def test_the_worker_keeps_serving_after_bad_files(stack) -> None:
@@ -289,7 +290,7 @@ async def test_webhook_is_signed_and_sent_at_the_terminal_state(stack) -> None:
         assert headers["X-Docent-Signature"] == f"sha256={expected}"
         payload = json.loads(body)
         assert payload["document_id"] == reply.document.id and payload["status"] == "completed"
-        assert payload["event"] == "document.completed"
+        assert payload["event"] == "document.completed" and payload["error_reason"] is None
     finally:
         server.shutdown()
 

@@ -43,6 +43,10 @@ class Progress(BaseModel):
     message: str
 
 
+REASON_DESCRIPTION = ("failed only: a stable code for the error (e.g. PDF_ENCRYPTED, PDF_INVALID, NO_TEXT, "
+                      "RETRIES_EXHAUSTED, WORKER_LOST); null otherwise")
+
+
 class DocumentOut(BaseModel):
     id: str
     user_id: str
@@ -52,6 +56,7 @@ class DocumentOut(BaseModel):
     vector_collection_id: str | None = Field(description="null until the document is searchable")
     processing_status: Literal["pending", "processing", "completed", "failed"]
     processing_error: str | None
+    error_reason: str | None = Field(None, description=REASON_DESCRIPTION)
     task_id: str | None
     uploaded_at: str | None
     updated_at: str | None = None
@@ -80,6 +85,7 @@ class DocumentStatusOut(BaseModel):
     filename: str
     status: Literal["pending", "processing", "completed", "failed"]
     error: str | None
+    error_reason: str | None = Field(None, description=REASON_DESCRIPTION)
     task: Task
     progress: Progress
     vector_collection_id: str | None
@@ -128,7 +134,8 @@ def document_json(document: ingest_pb2.Document) -> dict[str, Any]:
         "file_size": document.file_size, "mime_type": document.mime_type,
         "vector_collection_id": document.vector_collection or None,
         "processing_status": STATUS_NAMES.get(document.status, "pending"),
-        "processing_error": document.error or None, "task_id": document.task_id or None,
+        "processing_error": document.error or None, "error_reason": document.error_reason or None,
+        "task_id": document.task_id or None,
         "uploaded_at": iso(document.create_time), "updated_at": iso(document.update_time),
         "indexed_at": iso(document.index_time), "page_count": document.page_count,
         "chunk_count": document.chunk_count, "sha256": document.sha256, "progress": progress_json(document),
@@ -140,7 +147,7 @@ def status_json(document: ingest_pb2.Document) -> dict[str, Any]:
     progress = progress_json(document)
     return {
         "document_id": document.id, "filename": document.filename, "status": status,
-        "error": document.error or None,
+        "error": document.error or None, "error_reason": document.error_reason or None,
         "task": {"task_id": document.task_id or None, "task_state": TASK_STATES[status],
                  "task_info": {"status": progress["message"], "stage": progress["stage"],
                                "percent": progress["percent"]}},

@@ -30,7 +30,7 @@ async def process_document(document_id: str) -> None:
         await pipeline.process_document(resources, document_id)
     except pipeline.PermanentFailure as error:
         # the document's state records it; a dead letter would add nothing
-        await pipeline.fail(resources, document_id, str(error))
+        await pipeline.fail(resources, document_id, str(error), error.reason)
     except Exception as error:  # transient, or unexpected: retried, then failed with the reason
         reason = str(error) if isinstance(error, pipeline.TransientFailure) else type(error).__name__
         log.warning("document_attempt_failed", document_id=document_id, retries=retries, reason=reason,
@@ -38,7 +38,8 @@ async def process_document(document_id: str) -> None:
         try:
             if retries >= MAX_RETRIES:
                 await pipeline.fail(resources, document_id,
-                                    f"processing failed after {retries + 1} attempts: {reason}")
+                                    f"processing failed after {retries + 1} attempts: {reason}",
+                                    pipeline.RETRIES_EXHAUSTED)
                 return
             await pipeline.release(resources.pool, document_id, reason)  # type: ignore[arg-type]
         except Exception:

@@ -67,7 +67,7 @@ def describe(document: ingest_pb2.Document) -> str:
     if document.status == ingest_pb2.DOCUMENT_STATUS_COMPLETED:
         return f"completed · {document.page_count} pages, {document.chunk_count} chunks"
     if document.status == ingest_pb2.DOCUMENT_STATUS_FAILED:
-        return f"failed · {document.error}"
+        return f"failed · {document.error}" + (f" ({document.error_reason})" if document.error_reason else "")
     if progress.stage == "parsing" and progress.pages_total:
         return f"{status} · parsing page {progress.pages_done}/{progress.pages_total}"
     if progress.stage in ("embedding", "indexing") and progress.chunks_total:

@@ -22,17 +22,17 @@ _STATUS_TO_PB = {
     FAILED: ingest_pb2.DOCUMENT_STATUS_FAILED,
 }
 # what listing and watching read: never the bytes
-COLUMNS = """id, user_id, filename, mime_type, file_size, sha256, status, stage, error, pages_done, pages_total,
-             chunks_done, chunks_total, page_count, chunk_count, attempts, task_id, lease_until, enqueued_at,
-             webhook_url, created_at, updated_at, indexed_at"""
+COLUMNS = """id, user_id, filename, mime_type, file_size, sha256, status, stage, error, error_reason, pages_done,
+             pages_total, chunks_done, chunks_total, page_count, chunk_count, attempts, task_id, lease_until,
+             enqueued_at, webhook_url, created_at, updated_at, indexed_at"""
 
 
 def to_pb(row: asyncpg.Record) -> ingest_pb2.Document:
     document = ingest_pb2.Document(
         id=str(row["id"]), user_id=row["user_id"], filename=row["filename"], file_size=row["file_size"],
         mime_type=row["mime_type"], sha256=row["sha256"], status=_STATUS_TO_PB[row["status"]],
-        error=row["error"] or "", page_count=row["page_count"], chunk_count=row["chunk_count"],
-        task_id=row["task_id"] or "",
+        error=row["error"] or "", error_reason=row["error_reason"] or "", page_count=row["page_count"],
+        chunk_count=row["chunk_count"], task_id=row["task_id"] or "",
         progress=ingest_pb2.DocumentProgress(
             stage=row["stage"], pages_done=row["pages_done"], pages_total=row["pages_total"],
             chunks_done=row["chunks_done"], chunks_total=row["chunks_total"], attempts=row["attempts"]),
@@ -49,7 +49,7 @@ def to_pb(row: asyncpg.Record) -> ingest_pb2.Document:
 def state_key(row: asyncpg.Record) -> tuple[object, ...]:
     """What a watcher considers a change."""
     return (row["status"], row["stage"], row["pages_done"], row["pages_total"], row["chunks_done"],
-            row["chunks_total"], row["error"], row["attempts"])
+            row["chunks_total"], row["error"], row["error_reason"], row["attempts"])
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:

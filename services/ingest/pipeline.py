@@ -23,6 +23,7 @@ from services.ingest import documents
 from services.ingest.chunk import Chunk, chunk_pages
 from services.ingest.contextual import document_title, embedding_text
 from services.ingest.ocr import OcrOptions
+from services.ingest.pages import NO_TEXT
 from services.ingest.parse import ParseError, count_pages, iter_pages
 from services.ingest.webhook import deliver_webhook
 from services.runtime.embeddings import Tokenizer
@@ -40,8 +41,20 @@ PERMANENT_GRPC_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED
                         grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 
 
+# Stable reason codes stored in documents.error_reason beside the message. Parse failures carry their
+# own (pages.PDF_ENCRYPTED, PDF_INVALID, NO_TEXT, EMPTY_FILE, DOCX_INVALID, CSV_INVALID, JSON_INVALID,
+# UNSUPPORTED_TYPE); the sweeper writes WORKER_LOST for a document whose worker kept dying.
+FILE_MISSING = "FILE_MISSING"
+INDEX_REJECTED = "INDEX_REJECTED"
+RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
+
+
 class PermanentFailure(Exception):
     """Retrying cannot help (bad file, incompatible configuration): the document fails now."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TransientFailure(Exception):
@@ -94,7 +107,7 @@ async def claim(pool: asyncpg.Pool, document_id: str, lease_seconds: int) -> Cla
         return None
     row = await pool.fetchrow(
         """UPDATE documents
-           SET status = 'processing', stage = 'parsing', attempts = attempts + 1, error = NULL,
+           SET status = 'processing', stage = 'parsing', attempts = attempts + 1, error = NULL, error_reason = NULL,
                pages_done = 0, pages_total = 0, chunks_done = 0, chunks_total = 0,
                lease_until = now() + make_interval(secs => $2), updated_at = now()
            WHERE id = $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
@@ -114,16 +127,16 @@ async def release(pool: asyncpg.Pool, document_id: str, reason: str) -> None:
            WHERE id = $1 AND status = 'processing'""", ident, f"retrying: {reason}")
 
 
-async def fail(resources: WorkerResources, document_id: str, message: str) -> None:
+async def fail(resources: WorkerResources, document_id: str, message: str, reason: str) -> None:
     ident = documents.parse_uuid(document_id)
     assert resources.pool is not None
     row = await resources.pool.fetchrow(
-        f"""UPDATE documents SET status = 'failed', stage = 'failed', error = $2, lease_until = NULL,
-                   updated_at = now()
+        f"""UPDATE documents SET status = 'failed', stage = 'failed', error = $2, error_reason = $3,
+                   lease_until = NULL, updated_at = now()
             WHERE id = $1 AND status IN ('pending', 'processing') RETURNING {documents.COLUMNS}""",
-        ident, message[:1000])
+        ident, message[:1000], reason)
     if row is not None:
-        log.info("document_failed", document_id=document_id, error=message)
+        log.info("document_failed", document_id=document_id, error=message, reason=reason)
         await _remove_vectors(resources, row["user_id"], document_id)
         await deliver_webhook(resources, row)
 
@@ -177,7 +190,7 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
     progress = Progress(pool, claimed.id, resources.settings.lease_seconds)
     content = await pool.fetchval("SELECT content FROM document_blobs WHERE document_id = $1", claimed.id)
     if content is None:
-        raise PermanentFailure("the stored file is missing")
+        raise PermanentFailure("the stored file is missing", FILE_MISSING)
 
     # parse + chunk (CPU work in a thread, one chunk at a time: memory stays bounded)
     try:
@@ -198,10 +211,10 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
             if len(batch) < 32:
                 break
     except ParseError as error:
-        raise PermanentFailure(str(error)) from None
+        raise PermanentFailure(str(error), error.reason) from None
     del content
     if not chunks:
-        raise PermanentFailure("no extractable text")
+        raise PermanentFailure("no extractable text", NO_TEXT)
     pages_done = pages_seen[0]
     await progress.update(force=True, stage="chunking", pages_done=pages_done,
                           pages_total=max(pages_total, pages_done), chunks_total=len(chunks))
@@ -228,7 +241,8 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
         await progress.update(chunks_done=start + len(batch))
 
     row = await pool.fetchrow(
-        f"""UPDATE documents SET status = 'completed', stage = 'completed', error = NULL, lease_until = NULL,
+        f"""UPDATE documents SET status = 'completed', stage = 'completed', error = NULL, error_reason = NULL,
+                   lease_until = NULL,
                    chunks_done = $2, chunk_count = $2, page_count = $3, pages_done = $3, indexed_at = now(),
                    updated_at = now()
             WHERE id = $1 AND status = 'processing' RETURNING {documents.COLUMNS}""",
@@ -272,5 +286,6 @@ async def _upsert(resources: WorkerResources, claimed: Claim, chunks: list[retri
         await resources.retrieval.UpsertChunks(request, **resources.call_options_for(claimed.user_id))
     except grpc.aio.AioRpcError as error:
         if error.code() in PERMANENT_GRPC_CODES:
-            raise PermanentFailure(f"the retrieval service rejected the chunks: {error.details()}") from None
+            raise PermanentFailure(f"the retrieval service rejected the chunks: {error.details()}",
+                                   INDEX_REJECTED) from None
         raise TransientFailure(f"retrieval service {error.code().name.lower()}") from None

@@ -45,6 +45,7 @@ async def sweep_once(settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer)
                        error = CASE WHEN attempts >= $1
                                     THEN 'processing did not finish after ' || attempts || ' attempts (worker lost)'
                                     ELSE 'recovered after a lost worker' END,
+                       error_reason = CASE WHEN attempts >= $1 THEN 'WORKER_LOST' END,
                        lease_until = NULL, enqueued_at = NULL, updated_at = now()
                    WHERE status = 'processing' AND lease_until < now()
                    RETURNING id, status""", settings.max_attempts)

@@ -49,6 +49,7 @@ async def deliver_webhook(resources: WorkerResources, row: asyncpg.Record) -> bo
         "filename": row["filename"],
         "status": row["status"],
         "error": row["error"],
+        "error_reason": row["error_reason"],
         "page_count": row["page_count"],
         "chunk_count": row["chunk_count"],
     }, sort_keys=True).encode()

@@ -391,6 +391,9 @@ def test_compose_profiles_restart_volumes_and_scaling() -> None:
     assert mounted == named
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker, "`--scale worker=N` needs neither"
+    # every setting in .env reaches every Docent container, and a missing .env is no error
+    for name in APP_ROLES:
+        assert services[name].get("env_file") == [{"path": ".env", "required": False}], name
     for name in APP_ROLES:
         depends = services[name].get("depends_on", {})
         if name not in ("migrate", "retrieval"):

@@ -55,6 +55,10 @@ class RestClient:
         body = await self._json("POST", "/api/upload/", files={"file": (path.name, content, kind)})
         return body["id"]
 
+    async def documents(self) -> list[dict]:
+        """The caller's documents, newest first (GET /api/upload/)."""
+        return await self._json("GET", "/api/upload/", params={"limit": 1000})
+
     async def wait_finished(self, document_ids: list[str], timeout: float = 1800) -> dict[str, dict]:
         """Poll until every document is completed or failed; returns each one's final status."""
         deadline = time.monotonic() + timeout

@@ -13,11 +13,6 @@ from services.runtime.queue import create_broker, queue_stats
 
 async def queue_report(settings: Settings) -> str:
     settings = resolve_backing_urls(settings)
-    broker = create_broker(settings.redis_url or "")
-    try:
-        stats = await asyncio.to_thread(queue_stats, broker)
-    finally:
-        broker.close()
     conn = await asyncpg.connect(settings.database_url)
     try:
         by_status = dict(await conn.fetch("SELECT status, count(*) FROM documents GROUP BY status"))
@@ -31,6 +26,13 @@ async def queue_report(settings: Settings) -> str:
         unindexed_turns = await conn.fetchval("SELECT count(*) FROM chat_turns WHERE memory_indexed_at IS NULL")
     finally:
         await conn.close()
+    # the queue is read after the documents: a document finishing in between then shows as one message
+    # fewer, never as a message without its document (what an operator looks for in a backlog)
+    broker = create_broker(settings.redis_url or "")
+    try:
+        stats = await asyncio.to_thread(queue_stats, broker)
+    finally:
+        broker.close()
 
     lines = ["queue       waiting  in-flight  delayed  dead"]
     for queue, values in stats.items():

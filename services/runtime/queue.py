@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import dramatiq
 import redis
@@ -18,6 +19,8 @@ INGEST_QUEUE = "ingest"
 MEMORY_QUEUE = "memory"
 QUEUES = (INGEST_QUEUE, MEMORY_QUEUE)
 NAMESPACE = "docent"
+# a worker that called the broker this recently is alive (see pending_arguments)
+LIVE_WORKER_MS = 15_000
 
 
 def create_broker(redis_url: str, *, middleware: list[dramatiq.Middleware] | None = None) -> RedisBroker:
@@ -80,16 +83,25 @@ def queue_stats(broker: RedisBroker) -> dict[str, dict[str, int]]:
 
 
 def pending_arguments(broker: RedisBroker, queue: str, actor: str) -> set[str]:
-    """The first argument (a document id) of every `actor` message waiting in `queue` or in its delayed
-    queue, not yet fetched by any worker: such a message will be delivered. A message a worker fetched
-    (prefetched, or held until its retry is due) is not counted: if that worker died with it, Dramatiq
-    redelivers it only after its heartbeat timeout and a random maintenance pass, possibly minutes later.
-    By argument, not message id: the broker keys each enqueue (and each retry) by an id of its own.
+    """The first argument (a document id) of every `actor` message that will be delivered: waiting in
+    `queue` or its delayed queue, or fetched by a worker that is alive (it called the broker within
+    LIVE_WORKER_MS: every fetch and ack is a heartbeat). A message held by a worker silent for longer
+    is not counted: if that worker died with it, Dramatiq redelivers it only after its heartbeat
+    timeout and a random maintenance pass, possibly minutes later. (A worker busy on one long document
+    is silent too; the few messages it prefetched may then be enqueued once more, which the lease on
+    each document makes harmless.) By argument, not message id: the broker keys each enqueue (and each
+    retry) by an id of its own.
     """
     client: redis.Redis = broker.client
+    now_ms = time.time() * 1000
+    live = [worker.decode() for worker, beat in client.zrange(f"{NAMESPACE}:__heartbeats__", 0, -1, withscores=True)
+            if now_ms - beat <= LIVE_WORKER_MS]
     found: set[str] = set()
     for base in (f"{NAMESPACE}:{queue}", f"{NAMESPACE}:{queue}.DQ"):
-        ids = client.lrange(base, 0, -1)
+        ids = list(client.lrange(base, 0, -1))
+        suffix = base.removeprefix(f"{NAMESPACE}:")
+        for worker in live:
+            ids.extend(client.smembers(f"{NAMESPACE}:__acks__.{worker}.{suffix}"))
         for start in range(0, len(ids), 500):
             for raw in client.hmget(f"{base}.msgs", ids[start:start + 500]):
                 if raw is None:

@@ -21,7 +21,7 @@ async def queue_report(settings: Settings) -> str:
                       greatest(0, extract(epoch FROM lease_until - now()))::int AS lease_left
                FROM documents WHERE status = 'processing' ORDER BY updated_at DESC LIMIT 20""")
         failed = await conn.fetch(
-            "SELECT id, filename, error, updated_at FROM documents WHERE status = 'failed' "
+            "SELECT id, filename, error, error_reason, updated_at FROM documents WHERE status = 'failed' "
             "ORDER BY updated_at DESC LIMIT 10")
         unindexed_turns = await conn.fetchval("SELECT count(*) FROM chat_turns WHERE memory_indexed_at IS NULL")
     finally:
@@ -53,5 +53,7 @@ async def queue_report(settings: Settings) -> str:
         lines.append("")
         lines.append("recently failed:")
         for row in failed:
-            lines.append(f"  {row['id']}  {row['updated_at']:%Y-%m-%d %H:%M}  {row['filename']}: {row['error']}")
+            reason = f" ({row['error_reason']})" if row["error_reason"] else ""
+            lines.append(f"  {row['id']}  {row['updated_at']:%Y-%m-%d %H:%M}  {row['filename']}: "
+                         f"{row['error']}{reason}")
     return "\n".join(lines)

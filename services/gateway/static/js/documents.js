@@ -229,7 +229,10 @@ export class DocumentsPanel {
       children.push(bar);
     }
     if (status === 'failed' && doc.processing_error) {
-      children.push(el('div', { class: 'doc-error', 'data-testid': 'doc-error', text: doc.processing_error }));
+      children.push(el('div', {
+        class: 'doc-error', 'data-testid': 'doc-error', text: doc.processing_error,
+        title: doc.error_reason ? `reason: ${doc.error_reason}` : '',
+      }));
     }
     row.node.replaceChildren(...children);
   }

@@ -61,7 +61,10 @@ async def sweep_once(settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer)
                 """SELECT id FROM documents
                    WHERE status = 'pending'
                      AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))""", stale_after)
-            waiting = await asyncio.to_thread(pending_arguments, enqueuer.broker, INGEST_QUEUE, PROCESS_DOCUMENT)
+            # while documents are being processed, messages prefetched by live workers are waiting their turn
+            busy = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM documents WHERE status = 'processing')")
+            waiting = await asyncio.to_thread(pending_arguments, enqueuer.broker, INGEST_QUEUE, PROCESS_DOCUMENT,
+                                              include_fetched=busy)
             lost = [row["id"] for row in stale if row["id"] in recovered or str(row["id"]) not in waiting]
             for ident in lost:
                 task_id = await enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(ident))

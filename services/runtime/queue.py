@@ -82,20 +82,20 @@ def queue_stats(broker: RedisBroker) -> dict[str, dict[str, int]]:
 
 
 
-def pending_arguments(broker: RedisBroker, queue: str, actor: str) -> set[str]:
+def pending_arguments(broker: RedisBroker, queue: str, actor: str, *, include_fetched: bool = False) -> set[str]:
     """The first argument (a document id) of every `actor` message that will be delivered: waiting in
-    `queue` or its delayed queue, or fetched by a worker that is alive (it called the broker within
-    LIVE_WORKER_MS: every fetch and ack is a heartbeat). A message held by a worker silent for longer
-    is not counted: if that worker died with it, Dramatiq redelivers it only after its heartbeat
-    timeout and a random maintenance pass, possibly minutes later. (A worker busy on one long document
-    is silent too; the few messages it prefetched may then be enqueued once more, which the lease on
-    each document makes harmless.) By argument, not message id: the broker keys each enqueue (and each
-    retry) by an id of its own.
+    `queue` or its delayed queue, and with `include_fetched`, also fetched by a worker that is alive (it
+    called the broker within LIVE_WORKER_MS: every fetch and ack is a heartbeat). The caller asks for
+    fetched messages only while workers are busy, when prefetched messages legitimately wait: a
+    message a worker holds but never works on (it died with it, and Dramatiq redelivers only after a
+    heartbeat timeout and a random maintenance pass; or it lost it across a Redis restart) shows as
+    pending with nothing processing, and must not count. By argument, not message id: the broker
+    keys each enqueue (and each retry) by an id of its own.
     """
     client: redis.Redis = broker.client
     now_ms = time.time() * 1000
-    live = [worker.decode() for worker, beat in client.zrange(f"{NAMESPACE}:__heartbeats__", 0, -1, withscores=True)
-            if now_ms - beat <= LIVE_WORKER_MS]
+    beats = client.zrange(f"{NAMESPACE}:__heartbeats__", 0, -1, withscores=True) if include_fetched else []
+    live = [worker.decode() for worker, beat in beats if now_ms - beat <= LIVE_WORKER_MS]
     found: set[str] = set()
     for base in (f"{NAMESPACE}:{queue}", f"{NAMESPACE}:{queue}.DQ"):
         ids = list(client.lrange(base, 0, -1))

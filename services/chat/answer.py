@@ -151,18 +151,17 @@ def collapse(hits: Sequence[tuple[retrieval_pb2.DocumentChunkHit, str, float]]) 
 
 
 def context_from_search(results: Sequence[retrieval_pb2.SearchResult]) -> Context:
-    context = Context()
     hits = []
+    memories = []
     for result in results:
         if result.source == retrieval_pb2.SEARCH_SOURCE_DOCUMENTS:
             hits.append((result.document, result.text, result.score))
         elif result.source == retrieval_pb2.SEARCH_SOURCE_CHAT_HISTORY:
             turn = result.chat_turn
-            context.memories.append(Memory(turn_id=turn.turn_id, conversation_id=turn.conversation_id,
-                                           user_message=turn.user_message,
-                                           assistant_message=turn.assistant_message, score=result.score))
-    context.documents = collapse(hits)
-    return context
+            memories.append(Memory(turn_id=turn.turn_id, conversation_id=turn.conversation_id,
+                                   user_message=turn.user_message, assistant_message=turn.assistant_message,
+                                   score=result.score))
+    return Context(documents=collapse(hits), memories=memories)
 
 
 def cited_markers(answer: str) -> list[int]:

@@ -36,10 +36,9 @@ from services.runtime.config import Settings, load_settings
 from services.runtime.db import migrate
 from services.runtime.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis
 from services.runtime.logging import configure_logging
+from services.runtime.names import GRPC_SERVICES
 
 START_ORDER = ("retrieval", "ingest", "chat", "worker", "sweeper", "gateway")
-GRPC_ROLES = {"ingest": "docent.v1.IngestService", "retrieval": "docent.v1.RetrievalService",
-              "chat": "docent.v1.ChatService"}
 HEALTH_TIMEOUT_SECONDS = 120
 STATUS_FILE = "supervisor.json"
 log = structlog.get_logger("docent.supervisor")
@@ -155,7 +154,7 @@ class Supervisor:
         async with grpc.aio.insecure_channel(settings.target(role)) as channel:  # type: ignore[arg-type]
             try:
                 reply = await health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=GRPC_ROLES[role]), timeout=1)
+                    health_pb2.HealthCheckRequest(service=GRPC_SERVICES[role]), timeout=1)
             except grpc.aio.AioRpcError:
                 return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -344,12 +344,12 @@ def test_k8s_ports_probes_and_targets_match_settings(monkeypatch) -> None:
 
 
 def test_gateway_routes_and_health_services_match_the_apps() -> None:
-    from services.gateway.app import UPSTREAMS
+    from services.runtime.names import GRPC_SERVICES
 
     names = app_service_names()
     healthcheck = load_healthcheck_module()
     for role in SERVICE_ROLES:
-        assert UPSTREAMS[role] in names[role]
+        assert GRPC_SERVICES[role] in names[role]
         assert healthcheck.GRPC_SERVICES[role] in names[role]
     assert set(healthcheck.ROLES) == set(APP_ROLES) - {"migrate"}
 

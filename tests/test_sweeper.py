@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from services.ingest.sweeper import MAX_MEMORY_SWEEPS, PROCESS_DOCUMENT, sweep_once
+from services.ingest.sweeper import MAX_MEMORY_SWEEPS, sweep_once
 from services.runtime import db
+from services.runtime.names import PROCESS_DOCUMENT
 from services.runtime.queue import INGEST_QUEUE, Enqueuer, build_message, pending_arguments, queue_stats
 from tests.conftest import create_database, make_settings
 

@@ -14,7 +14,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from docent.v1 import chat_pb2, chat_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from docent.v1 import chat_pb2_grpc, retrieval_pb2_grpc
 from services.chat.answer import Answerer
 from services.chat.answer_extractive import ExtractiveAnswerer
 from services.chat.answer_llm import LLMAnswerer, LLMClient
@@ -26,10 +26,9 @@ from services.runtime import db
 from services.runtime.auth import RevocationList
 from services.runtime.config import Settings
 from services.runtime.grpc_client import create_channel
+from services.runtime.names import CHAT_SERVICE, RETRIEVAL_SERVICE
 from services.runtime.queue import Enqueuer
 
-SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
-RETRIEVAL_SERVICE = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 log = structlog.get_logger("docent.chat")
 
 
@@ -44,7 +43,7 @@ def create_answering(settings: Settings) -> tuple[Answerer, Rewriter]:
 
 class ChatApp:
     name = "chat"
-    service_names = (SERVICE_NAME,)
+    service_names = (CHAT_SERVICE,)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -34,12 +34,11 @@ from services.chat.rewrite import Rewriter
 from services.runtime.config import Settings
 from services.runtime.errors import InvalidArgument, NotFound, from_rpc_error
 from services.runtime.grpc_client import call_options
+from services.runtime.names import INDEX_CHAT_TURN, MAX_QUERY_CHARS
 from services.runtime.queue import MEMORY_QUEUE, Enqueuer
 
 log = structlog.get_logger("docent.chat")
 
-INDEX_CHAT_TURN = "index_chat_turn"
-MAX_QUERY_CHARS = 4000
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,10 @@ from services.gateway.state import GatewayState
 from services.runtime import db
 from services.runtime.config import Settings
 from services.runtime.grpc_client import create_channel
+from services.runtime.names import GRPC_SERVICES
 
 log = structlog.get_logger("docent.gateway")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-UPSTREAMS = {
-    "ingest": "docent.v1.IngestService",
-    "retrieval": "docent.v1.RetrievalService",
-    "chat": "docent.v1.ChatService",
-}
 # what the gateway itself calls: its readiness depends on these only (retrieval being down is chat's concern)
 CALLED = ("ingest", "chat")
 DESCRIPTION = """REST API of Docent, a self-hosted "chat with your documents" server.
@@ -105,7 +101,7 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
         async def check(name: str) -> str:
             stub = health_pb2_grpc.HealthStub(state.channels[name])
             try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=UPSTREAMS[name]), timeout=2)
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=GRPC_SERVICES[name]), timeout=2)
             except grpc.aio.AioRpcError:
                 return "UNAVAILABLE"
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

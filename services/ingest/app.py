@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncpg
 import grpc
 
-from docent.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2_grpc
+from docent.v1 import ingest_pb2_grpc, retrieval_pb2_grpc
 from services.ingest.events import DocumentEvents
 from services.ingest.servicer import IngestServicer
 from services.runtime import db
 from services.runtime.auth import RevocationList
 from services.runtime.config import Settings
 from services.runtime.grpc_client import create_channel
+from services.runtime.names import INGEST_SERVICE
 from services.runtime.queue import Enqueuer
-
-SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
 
 class IngestApp:
     name = "ingest"
-    service_names = (SERVICE_NAME,)
+    service_names = (INGEST_SERVICE,)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

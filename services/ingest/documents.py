@@ -10,7 +10,7 @@ import uuid
 import asyncpg
 
 from docent.v1 import ingest_pb2
-from services.retrieval.store import CHUNKS_COLLECTION
+from services.runtime.names import CHUNKS_COLLECTION
 from services.runtime.pagination import PageCursor, timestamp
 
 PENDING, PROCESSING, COMPLETED, FAILED = "pending", "processing", "completed", "failed"

@@ -15,11 +15,11 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.retrieval.app import SERVICE_NAME as RETRIEVAL_SERVICE
 from services.retrieval.app import create_store
 from services.runtime.config import Settings
 from services.runtime.embedded import EmbeddedPostgres, find_running_postgres_url, find_running_redis_url
 from services.runtime.embeddings import create_embedder
+from services.runtime.names import PROCESS_DOCUMENT, RETRIEVAL_SERVICE
 from services.runtime.queue import INGEST_QUEUE, Enqueuer
 
 
@@ -76,7 +76,7 @@ async def _reindex(settings: Settings) -> int:
         enqueuer = Enqueuer(settings.redis_url or "")
         try:
             for row in documents:
-                await enqueuer.enqueue(INGEST_QUEUE, "process_document", str(row["id"]))
+                await enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(row["id"]))
                 enqueued += 1
         finally:
             enqueuer.close()

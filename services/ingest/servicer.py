@@ -22,12 +22,12 @@ from services.runtime.config import Settings
 from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, from_rpc_error
 from services.runtime.grpc_client import call_options
 from services.runtime.grpc_server import current_token, current_user_id
+from services.runtime.names import PROCESS_DOCUMENT
 from services.runtime.pagination import page_request
 from services.runtime.queue import INGEST_QUEUE, Enqueuer
 
 log = structlog.get_logger("docent.ingest")
 
-PROCESS_DOCUMENT = "process_document"
 HEAD_BYTES = 8192
 WATCH_POLL_SECONDS = 2.0
 MAX_FILENAME = 255

@@ -22,12 +22,11 @@ from services.runtime import metrics
 from services.runtime.config import Settings, load_settings
 from services.runtime.lifecycle import die_with_parent
 from services.runtime.logging import configure_logging
+from services.runtime.names import INDEX_CHAT_TURN, PROCESS_DOCUMENT
 from services.runtime.queue import INGEST_QUEUE, MEMORY_QUEUE, Enqueuer, pending_arguments, queue_stats
 
 log = structlog.get_logger("docent.sweeper")
 SWEEP_LOCK_KEY = 0x737765657065  # "sweepe"
-INDEX_CHAT_TURN = "index_chat_turn"
-PROCESS_DOCUMENT = "process_document"
 MAX_MEMORY_SWEEPS = 6
 
 

@@ -7,13 +7,13 @@ import asyncio
 import grpc
 import structlog
 
-from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
+from docent.v1 import retrieval_pb2_grpc
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import DimensionMismatch, VectorStore
 from services.runtime.config import Settings
 from services.runtime.embeddings import Embedder, create_embedder
+from services.runtime.names import RETRIEVAL_SERVICE
 
-SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 log = structlog.get_logger("docent.retrieval")
 
 
@@ -30,7 +30,7 @@ def create_store(settings: Settings) -> VectorStore:
 
 class RetrievalApp:
     name = "retrieval"
-    service_names = (SERVICE_NAME,)
+    service_names = (RETRIEVAL_SERVICE,)
 
     def __init__(self, settings: Settings, *, store: VectorStore | None = None,
                  embedder: Embedder | None = None) -> None:

@@ -28,9 +28,9 @@ from services.runtime.config import Settings
 from services.runtime.embeddings import Embedder
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.grpc_server import current_user_id
+from services.runtime.names import MAX_QUERY_CHARS
 
 MAX_TOP_K = 100
-MAX_QUERY_CHARS = 4000
 CACHE_SIZE = 2048
 QUERY_BATCH = 16
 _SOURCE_TO_PB = {Source.DOCUMENTS: retrieval_pb2.SEARCH_SOURCE_DOCUMENTS,

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-CHUNKS_COLLECTION = "docent_chunks"
+from services.runtime.names import CHUNKS_COLLECTION
+
 TURNS_COLLECTION = "docent_chat_turns"
 DENSE = "dense"
 SPARSE = "bm25"

@@ -12,10 +12,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from docent.v1 import chat_pb2, ingest_pb2, retrieval_pb2
-from services.gateway.accounts import SigninLimiter
 from services.gateway.errors import from_rpc
 from services.gateway.middleware import MULTIPART_SLACK_BYTES, UploadLimitMiddleware
-from services.gateway.schemas import document_json, status_json, turn_json
+from services.gateway.schemas import ChatOut, DocumentEvent, DocumentOut, DocumentStatusOut
+from services.gateway.signin_limit import SigninLimiter
 from services.gateway.sse import event, with_heartbeat
 from services.runtime.errors import build_status
 
@@ -144,13 +144,13 @@ def _document(status: int, **progress: int) -> ingest_pb2.Document:
 
 
 def test_document_json_has_the_seed_fields() -> None:
-    body = document_json(_document(ingest_pb2.DOCUMENT_STATUS_PENDING, stage="queued"))
+    body = DocumentOut.from_proto(_document(ingest_pb2.DOCUMENT_STATUS_PENDING, stage="queued")).model_dump()
     seed_fields = {"id", "user_id", "filename", "file_size", "mime_type", "vector_collection_id",
                    "processing_status", "processing_error", "task_id", "uploaded_at"}
     assert seed_fields <= body.keys()
     assert body["vector_collection_id"] is None and body["processing_error"] is None and body["error_reason"] is None
     assert body["processing_status"] == "pending" and body["uploaded_at"] == "2023-11-14T22:13:20Z"
-    done = document_json(_document(ingest_pb2.DOCUMENT_STATUS_COMPLETED, stage="completed"))
+    done = DocumentOut.from_proto(_document(ingest_pb2.DOCUMENT_STATUS_COMPLETED, stage="completed")).model_dump()
     assert done["vector_collection_id"] == "docent_chunks"
 
 
@@ -166,14 +166,15 @@ def test_status_progress_is_monotonic_over_the_stages() -> None:
         _document(processing, stage="indexing"),
         _document(ingest_pb2.DOCUMENT_STATUS_COMPLETED, stage="completed"),
     ]
-    bodies = [status_json(document) for document in steps]
+    bodies = [DocumentStatusOut.from_proto(document).model_dump() for document in steps]
     percents = [body["progress"]["percent"] for body in bodies]
     assert percents == sorted(percents) and percents[-1] == 100 and percents[0] < 5
     assert [body["task"]["task_state"] for body in bodies][::7] == ["PENDING", "SUCCESS"]
     assert bodies[1]["task"]["task_info"]["status"] == "Parsing page 1 of 40"
     assert bodies[4]["progress"]["message"] == "Embedding chunk 10 of 100"
-    failed = status_json(ingest_pb2.Document(id="d", status=ingest_pb2.DOCUMENT_STATUS_FAILED,
-                                             error="password-protected", error_reason="PDF_ENCRYPTED"))
+    failed = DocumentStatusOut.from_proto(ingest_pb2.Document(
+        id="d", status=ingest_pb2.DOCUMENT_STATUS_FAILED, error="password-protected",
+        error_reason="PDF_ENCRYPTED")).model_dump()
     assert failed["error"] == "password-protected" and failed["task"]["task_state"] == "FAILURE"
     assert failed["error_reason"] == "PDF_ENCRYPTED" and bodies[-1]["error_reason"] is None
 
@@ -191,14 +192,41 @@ def test_turn_json_explain_view() -> None:
                      source=retrieval_pb2.SEARCH_SOURCE_CHAT_HISTORY, score=0.6, weight=0.3, weighted_score=0.18,
                      rank=2, source_rank=1, text="User: …",
                      chat_turn=retrieval_pb2.ChatTurnHit(turn_id="t0", conversation_id="c"))])
-    plain = turn_json(turn)
+    plain = ChatOut.from_proto(turn).model_dump(exclude_unset=True)
     assert "context" not in plain
     assert plain["sources"][0] == {"document_id": "d", "filename": "a.pdf", "chunk_index": 3, "relevance_score": 0.5,
                                    "page_start": 2, "page_end": 2, "snippet": "five", "marker": 1, "cited": False}
-    context = turn_json(turn, explain=True)["context"]
+    context = ChatOut.from_proto(turn, explain=True).model_dump()["context"]
     assert [(c["rank"], c["source"], c["weight"]) for c in context] == [(1, "documents", 0.7),
                                                                       (2, "chat_history", 0.3)]
     assert context[0]["document"]["page_start"] == 2 and context[1]["chat_turn"]["turn_id"] == "t0"
+
+
+def test_sse_events_keep_nulls_and_leave_out_what_the_message_did_not_carry() -> None:
+    """Pinned bytes: a third-party client parses these events."""
+    document = _document(ingest_pb2.DOCUMENT_STATUS_PENDING, stage="queued")
+    frame = event("progress", DocumentEvent.from_proto(document), "1")
+    assert frame == (
+        b'id: 1\nevent: progress\ndata: {"document_id":"d1","filename":"a.pdf","status":"pending","error":null,'
+        b'"error_reason":null,"task":{"task_id":"t1","task_state":"PENDING","task_info":{"status":"Queued",'
+        b'"stage":"queued","percent":2}},"progress":{"stage":"queued","pages_done":0,"pages_total":0,'
+        b'"chunks_done":0,"chunks_total":0,"attempts":0,"percent":2,"message":"Queued"},'
+        b'"vector_collection_id":null,"page_count":0,"chunk_count":0,"document":{"id":"d1","user_id":"u1",'
+        b'"filename":"a.pdf","file_size":10,"mime_type":"application/pdf","vector_collection_id":null,'
+        b'"processing_status":"pending","processing_error":null,"error_reason":null,"task_id":"t1",'
+        b'"uploaded_at":"2023-11-14T22:13:20Z","updated_at":null,"indexed_at":null,"page_count":0,'
+        b'"chunk_count":0,"sha256":"","progress":{"stage":"queued","pages_done":0,"pages_total":0,'
+        b'"chunks_done":0,"chunks_total":0,"attempts":0,"percent":2,"message":"Queued"}}}\n\n')
+    citation = chat_pb2.Citation(marker=1, document_id="d", filename="a.pdf", chunk_index=3, chunk_index_end=4,
+                                 relevance_score=0.25, cited=True)
+    turn = chat_pb2.ChatTurn(id="t", conversation_id="c", answer="Five [1].",
+                             timings=chat_pb2.TurnTimings(total_ms=1.5), sources=[citation])
+    assert event("done", ChatOut.from_proto(turn)) == (
+        b'event: done\ndata: {"answer":"Five [1].","sources":[{"document_id":"d","filename":"a.pdf","chunk_index":3,'
+        b'"relevance_score":0.25,"page_start":0,"page_end":0,"snippet":"","marker":1,"cited":true}],'
+        b'"conversation_id":"c","chat_context_used":false,"turn_id":"t","query":"","standalone_query":"",'
+        b'"model":"","created_at":null,"timings":{"retrieval_ms":0.0,"answer_ms":0.0,"storage_ms":0.0,'
+        b'"total_ms":1.5},"memory_indexed":false}\n\n')
 
 
 async def _echo_app(scope, receive, send) -> None:

@@ -2,16 +2,15 @@
 
 Passwords are hashed with argon2id (argon2-cffi, off the event loop). Tokens are the HS256 JWTs
 of services.runtime.auth, so the gateway forwards the user's own token to the gRPC services.
-Logout records the token id in `revoked_tokens`; the gateway refuses revoked tokens.
+Logout revokes the token (services/gateway/revocations.py): the gateway refuses it at once, and the
+gRPC services learn it through Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 import uuid
-from collections import OrderedDict, deque
 from typing import Annotated
 
 import asyncpg
@@ -32,51 +31,7 @@ log = structlog.get_logger("docent.gateway.accounts")
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 bearer_scheme = HTTPBearer(auto_error=False, description="The access_token from /api/auth/signup or /signin")
 
-SIGNIN_MAX_FAILURES = 5
-SIGNIN_WINDOW_SECONDS = 60.0
 _hasher = PasswordHasher()
-
-
-class SigninLimiter:
-    """Per-account sliding window of failed sign-ins (in this gateway process)."""
-
-    def __init__(self, max_failures: int = SIGNIN_MAX_FAILURES, window: float = SIGNIN_WINDOW_SECONDS,
-                 max_accounts: int = 100_000) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self.max_accounts = max_accounts
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures.get(key)
-        if failures is None:
-            return deque()
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if not failures:
-            del self._failures[key]
-        return failures
-
-    def retry_after(self, key: str, now: float | None = None) -> int:
-        """Seconds until `key` may try again; 0 when it is not blocked."""
-        now = time.monotonic() if now is None else now
-        failures = self._recent(key, now)
-        if len(failures) < self.max_failures:
-            return 0
-        return max(1, int(failures[-self.max_failures] + self.window - now + 0.999))
-
-    def failed(self, key: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        failures = self._recent(key, now)
-        if not failures:
-            self._failures[key] = failures
-        failures.append(now)
-        self._failures.move_to_end(key)
-        while len(self._failures) > self.max_accounts:
-            self._failures.popitem(last=False)
-
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
 
 
 Username = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
@@ -153,8 +108,7 @@ async def current_caller(request: Request,
     except Unauthenticated as error:
         raise unauthorized("Token expired" if error.reason == "TOKEN_EXPIRED" else "Invalid token",
                            error.reason) from None
-    if identity.token_id and await state.db().fetchval(
-            "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE token_id = $1)", identity.token_id):
+    if identity.token_id and await state.revocations.is_revoked(identity.token_id):
         raise unauthorized("Token revoked", "TOKEN_REVOKED")
     return Caller(user_id=identity.user_id, token=token, token_id=identity.token_id)
 
@@ -183,8 +137,8 @@ async def signup(body: SignupRequest, state: StateDep) -> TokenOut:
 
 @router.post("/signin", response_model=TokenOut,
              responses={401: {"description": "bad credentials"}, 429: {"description": "too many failed attempts"}})
-async def signin(body: SigninRequest, request: Request, state: StateDep) -> TokenOut:
-    limiter = request.app.state.signin_limiter  # services/gateway/signin_limit.py: shared across replicas
+async def signin(body: SigninRequest, state: StateDep) -> TokenOut:
+    limiter = state.signin_limits  # shared by the gateway replicas through Redis
     key = body.email.lower()
     wait = await limiter.retry_after(key)
     if wait:
@@ -219,11 +173,6 @@ async def me(caller: CallerDep, state: StateDep) -> UserOut:
 async def logout(caller: CallerDep, state: StateDep) -> MessageOut:
     claims = jwt.decode(caller.token, options={"verify_signature": False})  # verified by current_caller
     expires = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
-    pool = state.db()
     if caller.token_id:
-        await pool.execute(
-            "INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            caller.token_id, expires)
-    # revocations of expired tokens are moot: keep the table small
-    await pool.execute("DELETE FROM revoked_tokens WHERE expires_at < now() - interval '1 minute'")
+        await state.revocations.revoke(caller.token_id, expires)
     return MessageOut(message="Successfully logged out")

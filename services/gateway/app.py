@@ -2,7 +2,8 @@
 
 Every API call is validated here, authenticated with the user's bearer JWT (the same token is
 forwarded to the gRPC services, which verify it themselves), given a deadline, and its gRPC
-status mapped to HTTP (services/gateway/errors.py). The gateway owns only the accounts tables.
+status mapped to HTTP (services/gateway/errors.py). The gateway owns only its accounts tables (users,
+revoked_tokens).
 """
 
 from __future__ import annotations
@@ -14,30 +15,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
-import structlog
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from docent.v1 import chat_pb2_grpc, ingest_pb2_grpc
 from services.gateway import accounts, routes_chat, routes_upload
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware, UploadLimitMiddleware
-from services.gateway.signin_limit import SigninLimits
-from services.gateway.state import GatewayState
+from services.gateway.schemas import HealthOut, ReadyOut
+from services.gateway.state import CALLED, GatewayState, get_state
 from services.runtime import db
 from services.runtime.config import Settings
-from services.runtime.grpc_client import create_channel
 from services.runtime.names import GRPC_SERVICES
 
-log = structlog.get_logger("docent.gateway")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-# what the gateway itself calls: its readiness depends on these only (retrieval being down is chat's concern)
-CALLED = ("ingest", "chat")
 DESCRIPTION = """REST API of Docent, a self-hosted "chat with your documents" server.
 
 Sign up or sign in under **auth**, then send `Authorization: Bearer <access_token>` (the
@@ -46,32 +41,18 @@ Sign up or sign in under **auth**, then send `Authorization: Bearer <access_toke
 
 
 def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
-    state = GatewayState(settings=settings, secret=jwt_secret)
-
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        # grpc.aio channels belong to the event loop they are created on: create them here
-        for name in CALLED:
-            state.channels[name] = create_channel(settings.target(name))  # type: ignore[arg-type]
-        state.ingest = ingest_pb2_grpc.IngestServiceStub(state.channels["ingest"])
-        state.chat = chat_pb2_grpc.ChatServiceStub(state.channels["chat"])
-        if settings.database_url:
-            state.pool = await db.create_pool(settings.database_url, max_size=min(settings.db_pool_max, 10))
-        else:
-            log.warning("accounts_disabled", why="DOCENT_DATABASE_URL is unset")
+    async def lifespan(app: FastAPI):
+        state = await GatewayState.open(settings, jwt_secret)
+        app.state.docent = state
         try:
             yield
         finally:
-            await asyncio.gather(*(channel.close() for channel in state.channels.values()))
-            await _app.state.signin_limiter.close()
-            if state.pool is not None:
-                await state.pool.close()
+            await state.close()
 
     app = FastAPI(title="Docent", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None,
                   openapi_tags=[{"name": "auth"}, {"name": "documents"}, {"name": "chat"}, {"name": "ops"}])
-    app.state.docent = state
-    app.state.signin_limiter = SigninLimits(settings.redis_url)
 
     # outermost last: request context sees everything; CORS headers reach the early 413 too
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
@@ -87,16 +68,19 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
     app.include_router(routes_upload.router)
     app.include_router(routes_chat.router)
 
-    @app.get("/health", tags=["ops"])
-    async def health() -> dict[str, str]:
+    @app.get("/health", tags=["ops"], response_model=HealthOut)
+    async def health() -> HealthOut:
         """Liveness: the gateway process answers."""
-        return {"status": "ok"}
+        return HealthOut(status="ok")
 
-    @app.get("/ready", tags=["ops"])
-    async def ready() -> JSONResponse:
+    @app.get("/ready", tags=["ops"], response_model=ReadyOut, response_model_exclude_none=True,
+             responses={503: {"model": ReadyOut, "description": "an upstream or the database is not serving"}})
+    async def ready(request: Request, response: Response) -> ReadyOut:
         """Readiness: the services the gateway calls (ingest, chat) report SERVING and the accounts database
         answers. Under `docent up`, `children` has the state of every role; one that is restarting makes the
         status `degraded` and is named in `restarting`, without making the gateway unready for what it can serve."""
+
+        state = get_state(request)
 
         async def check(name: str) -> str:
             stub = health_pb2_grpc.HealthStub(state.channels[name])
@@ -118,17 +102,18 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
         statuses = await asyncio.gather(*(check(name) for name in CALLED), check_db())
         results = dict(zip(names, statuses, strict=True))
         ok = all(status == "SERVING" for status in results.values())
-        body: dict[str, object] = {"status": "ready" if ok else "not_ready", "upstreams": results}
+        body = ReadyOut(status="ready" if ok else "not_ready", upstreams=results)
         children = supervised_children(settings.data_dir)
         if children is not None:
             # under `docent up`: also the roles the gateway cannot see (retrieval, worker, sweeper, Redis)
-            body["children"] = children
-            restarting = sorted(role for role, state in children.items() if state != "running")
+            body.children = children
+            restarting = sorted(role for role, role_state in children.items() if role_state != "running")
             if restarting:
-                body["restarting"] = restarting
+                body.restarting = restarting
                 if ok:
-                    body["status"] = "degraded"
-        return JSONResponse(body, status_code=200 if ok else 503)
+                    body.status = "degraded"
+        response.status_code = 200 if ok else 503
+        return body
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:

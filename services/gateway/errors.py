@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway.request_context import request_id, request_upstream
 from services.runtime.errors import DocentError, error_info
 
 log = structlog.get_logger("docent.gateway")
@@ -83,8 +84,6 @@ def from_rpc(error: grpc.RpcError) -> ApiError:
     headers: dict[str, str] = {}
     if status == 503 and not info and code == grpc.StatusCode.UNAVAILABLE:
         # no ErrorInfo: the service itself could not be reached (stopped, restarting); say which
-        from services.gateway.state import request_upstream
-
         upstream = request_upstream()
         message = f"the {upstream or 'upstream'} service is unavailable (restarting?); try again shortly"
         reason = "UPSTREAM_UNAVAILABLE"
@@ -111,8 +110,6 @@ def error_event(error: ApiError) -> dict[str, object]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    from services.gateway.state import request_id
-
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
         return error.response(request_id())

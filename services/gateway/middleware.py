@@ -12,7 +12,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.state import reset_request_id, set_request_id
+from services.gateway.request_context import reset_request_id, set_request_id
 
 log = structlog.get_logger("docent.gateway")
 

@@ -10,15 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from docent.v1 import chat_pb2
 from services.gateway.accounts import CallerDep, StateDep
-from services.gateway.schemas import (
-    ChatIn,
-    ChatOut,
-    ConversationList,
-    ConversationOut,
-    chat_request,
-    conversation_json,
-    turn_json,
-)
+from services.gateway.schemas import ChatIn, ChatOut, ChatSourcesEvent, ConversationList, ConversationOut
 from services.gateway.sse import event, open_stream, relay, sse_response
 
 router = APIRouter(prefix="/api/chat", tags=["chat"])
@@ -31,17 +23,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/", response_model=ChatOut, response_model_exclude_none=True,
              responses={**_ERRORS, 400: {"description": "invalid query or options"}})
-async def chat(body: ChatIn, caller: CallerDep, state: StateDep) -> dict[str, Any]:
+async def chat(body: ChatIn, caller: CallerDep, state: StateDep) -> ChatOut:
     """Answer over the caller's documents and chat memory, with sources.
 
     `chat_context_used` tells whether earlier turns were part of the context; `explain: true`
     adds the merged retrieval context (`context`: source, score, weight, rank).
     """
-    assert state.chat is not None
-    query, options = chat_request(body)
-    reply = await state.chat.Chat(chat_pb2.ChatRequest(query=query, options=options),
+    reply = await state.chat.Chat(chat_pb2.ChatRequest(query=body.query, options=body.options()),
                                   **state.options(caller, state.chat_timeout))
-    return turn_json(reply.turn, body.explain)
+    return ChatOut.from_proto(reply.turn, body.explain)
 
 
 class _StreamFrames:
@@ -59,10 +49,9 @@ class _StreamFrames:
         if kind == "delta":
             yield event("token", {"delta": message.delta})
         elif kind == "turn":
-            body = turn_json(message.turn, self.explain)
-            yield event("sources", {"sources": body["sources"], "chat_context_used": body["chat_context_used"],
-                                    "conversation_id": body["conversation_id"]})
-            yield event("done", body)
+            turn = ChatOut.from_proto(message.turn, self.explain)
+            yield event("sources", ChatSourcesEvent.from_turn(turn))
+            yield event("done", turn)
 
 
 @router.post("/stream", response_class=StreamingResponse,
@@ -72,9 +61,7 @@ class _StreamFrames:
                                                         "; `error` on failure"}})
 async def chat_stream(body: ChatIn, caller: CallerDep, state: StateDep) -> StreamingResponse:
     """The answer as server-sent events while it is produced, then its sources and the stored turn."""
-    assert state.chat is not None
-    query, options = chat_request(body)
-    call = state.chat.StreamChat(chat_pb2.StreamChatRequest(query=query, options=options),
+    call = state.chat.StreamChat(chat_pb2.StreamChatRequest(query=body.query, options=body.options()),
                                  **state.options(caller, state.chat_timeout))
     first = await open_stream(call)
     return sse_response(relay(call, first, _StreamFrames(body.explain)))
@@ -83,30 +70,26 @@ async def chat_stream(body: ChatIn, caller: CallerDep, state: StateDep) -> Strea
 @router.get("/conversations", response_model=ConversationList, responses=_ERRORS)
 async def list_conversations(caller: CallerDep, state: StateDep,
                              limit: Annotated[int, Query(ge=1, le=100)] = 50,
-                             page_token: str = "") -> dict[str, Any]:
+                             page_token: str = "") -> ConversationList:
     """The caller's conversations, most recently updated first."""
-    assert state.chat is not None
     reply = await state.chat.ListConversations(
         chat_pb2.ListConversationsRequest(page_size=limit, page_token=page_token), **state.options(caller))
-    return {"conversations": [conversation_json(c) for c in reply.conversations],
-            "next_page_token": reply.next_page_token or None}
+    return ConversationList.from_proto(reply)
 
 
 @router.get("/conversations/{conversation_id}", response_model=ConversationOut, response_model_exclude_none=True,
             responses=_ERRORS)
 async def get_conversation(conversation_id: str, caller: CallerDep, state: StateDep,
-                           explain: bool = False) -> dict[str, Any]:
+                           explain: bool = False) -> ConversationOut:
     """A conversation with its turns in order (each with its sources)."""
-    assert state.chat is not None
     conversation = await state.chat.GetConversation(
         chat_pb2.GetConversationRequest(conversation_id=conversation_id), **state.options(caller))
-    return conversation_json(conversation, with_turns=True, explain=explain)
+    return ConversationOut.from_proto(conversation, with_turns=True, explain=explain)
 
 
 @router.delete("/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
 async def delete_conversation(conversation_id: str, caller: CallerDep, state: StateDep) -> Response:
     """Forget a conversation: its turns and their chat-memory vectors."""
-    assert state.chat is not None
     await state.chat.DeleteConversation(chat_pb2.DeleteConversationRequest(conversation_id=conversation_id),
                                         **state.options(caller))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

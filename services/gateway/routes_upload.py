@@ -10,17 +10,11 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Response, UploadFile, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from docent.v1 import ingest_pb2
 from services.gateway.accounts import CallerDep, StateDep
-from services.gateway.schemas import (
-    TERMINAL,
-    DocumentOut,
-    DocumentStatusOut,
-    document_json,
-    status_json,
-)
+from services.gateway.schemas import TERMINAL, DocumentEvent, DocumentOut, DocumentStatusOut
 from services.gateway.sse import event, open_stream, relay, sse_response
 from services.gateway.state import WATCH_TIMEOUT_SECONDS
 
@@ -47,28 +41,24 @@ async def _upload_messages(file: UploadFile) -> AsyncIterator[ingest_pb2.UploadD
                         415: {"description": "unsupported file type"}})
 async def upload(caller: CallerDep, state: StateDep,
                  file: Annotated[UploadFile, File(description="the document (PDF, DOCX, TXT, MD, CSV, JSON)")]
-                 ) -> JSONResponse:
+                 ) -> DocumentOut:
     """Store the file and queue its processing; returns at once (202) with status `pending`."""
-    assert state.ingest is not None
     reply = await state.ingest.UploadDocument(_upload_messages(file), **state.options(caller))
-    body = document_json(reply.document)
-    body["deduplicated"] = reply.deduplicated
-    return JSONResponse(body, status_code=status.HTTP_202_ACCEPTED)
+    return DocumentOut.from_upload(reply)
 
 
 @router.get("/", response_model=list[DocumentOut], responses=_ERRORS)
 async def list_documents(caller: CallerDep, state: StateDep, response: Response,
-                         limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> list[dict[str, Any]]:
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> list[DocumentOut]:
     """The caller's documents, newest first (total in the `X-Total-Count` header)."""
-    assert state.ingest is not None
-    documents: list[dict[str, Any]] = []
+    documents: list[DocumentOut] = []
     token = ""
     total = 0
     while len(documents) < limit:
         page = await state.ingest.ListDocuments(
             ingest_pb2.ListDocumentsRequest(page_size=min(LIST_PAGE_SIZE, limit - len(documents)), page_token=token),
             **state.options(caller))
-        documents.extend(document_json(document) for document in page.documents)
+        documents.extend(DocumentOut.from_proto(document) for document in page.documents)
         total = page.total_size
         token = page.next_page_token
         if not token:
@@ -78,38 +68,34 @@ async def list_documents(caller: CallerDep, state: StateDep, response: Response,
 
 
 @router.get("/{document_id}", response_model=DocumentOut, responses=_ERRORS)
-async def get_document(document_id: str, caller: CallerDep, state: StateDep) -> dict[str, Any]:
-    assert state.ingest is not None
+async def get_document(document_id: str, caller: CallerDep, state: StateDep) -> DocumentOut:
     document = await state.ingest.GetDocument(ingest_pb2.GetDocumentRequest(document_id=document_id),
                                               **state.options(caller))
-    return document_json(document)
+    return DocumentOut.from_proto(document)
 
 
 @router.get("/{document_id}/status", response_model=DocumentStatusOut, responses=_ERRORS)
-async def document_status(document_id: str, caller: CallerDep, state: StateDep) -> dict[str, Any]:
+async def document_status(document_id: str, caller: CallerDep, state: StateDep) -> DocumentStatusOut:
     """Status with the seed's `task` block and the worker's progress (stage, pages, chunks)."""
-    assert state.ingest is not None
     document = await state.ingest.GetDocument(ingest_pb2.GetDocumentRequest(document_id=document_id),
                                               **state.options(caller))
-    return status_json(document)
+    return DocumentStatusOut.from_proto(document)
 
 
 @router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
 async def delete_document(document_id: str, caller: CallerDep, state: StateDep) -> Response:
     """Remove the document, its stored bytes and its chunks in the vector store."""
-    assert state.ingest is not None
     await state.ingest.DeleteDocument(ingest_pb2.DeleteDocumentRequest(document_id=document_id),
                                       **state.options(caller))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _progress_frames(message: ingest_pb2.WatchDocumentResponse) -> Iterable[bytes]:
-    body = status_json(message.document)
-    body["document"] = document_json(message.document)
+    body = DocumentEvent.from_proto(message.document)
     stamp = message.event_time
     event_id = f"{stamp.seconds}{stamp.nanos // 1_000_000:03d}" if stamp.seconds else None
     yield event("progress", body, event_id)
-    if body["status"] in TERMINAL:
+    if body.status in TERMINAL:
         yield event("done", body, event_id)
 
 
@@ -122,7 +108,6 @@ async def document_events(document_id: str, caller: CallerDep, state: StateDep) 
 
     Browsers' EventSource cannot send headers: `?access_token=` is accepted here instead.
     """
-    assert state.ingest is not None
     call = state.ingest.WatchDocument(ingest_pb2.WatchDocumentRequest(document_id=document_id),
                                       **state.options(caller, WATCH_TIMEOUT_SECONDS))
     first = await open_stream(call)

@@ -12,24 +12,69 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections import OrderedDict, deque
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from services.gateway.accounts import SIGNIN_MAX_FAILURES, SIGNIN_WINDOW_SECONDS, SigninLimiter
-
 log = structlog.get_logger("docent.gateway")
 KEY_PREFIX = "docent:signin:"
+SIGNIN_MAX_FAILURES = 5
+SIGNIN_WINDOW_SECONDS = 60.0
+
+
+class SigninLimiter:
+    """Per-account sliding window of failed sign-ins (in this gateway process)."""
+
+    def __init__(self, max_failures: int = SIGNIN_MAX_FAILURES, window: float = SIGNIN_WINDOW_SECONDS,
+                 max_accounts: int = 100_000) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_accounts = max_accounts
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        failures = self._failures.get(key)
+        if failures is None:
+            return deque()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[key]
+        return failures
+
+    def retry_after(self, key: str, now: float | None = None) -> int:
+        """Seconds until `key` may try again; 0 when it is not blocked."""
+        now = time.monotonic() if now is None else now
+        failures = self._recent(key, now)
+        if len(failures) < self.max_failures:
+            return 0
+        return max(1, int(failures[-self.max_failures] + self.window - now + 0.999))
+
+    def failed(self, key: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        failures = self._recent(key, now)
+        if not failures:
+            self._failures[key] = failures
+        failures.append(now)
+        self._failures.move_to_end(key)
+        while len(self._failures) > self.max_accounts:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
 
 
 class SigninLimits:
-    def __init__(self, redis_url: str | None, max_failures: int = SIGNIN_MAX_FAILURES,
+    """The limit across replicas: `redis` is the gateway's Redis client (None: this process only)."""
+
+    def __init__(self, redis: aioredis.Redis | None, max_failures: int = SIGNIN_MAX_FAILURES,
                  window: float = SIGNIN_WINDOW_SECONDS) -> None:
         self.max_failures = max_failures
         self.window = window
         self.local = SigninLimiter(max_failures, window)
-        self.redis = aioredis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1) if redis_url else None
+        self.redis = redis
 
     def _key(self, account: str) -> str:
         return KEY_PREFIX + hashlib.sha256(account.encode()).hexdigest()[:32]
@@ -74,7 +119,3 @@ class SigninLimits:
             await self.redis.delete(self._key(account))
         except (RedisError, OSError) as error:
             log.warning("signin_limit_redis_unavailable", error=type(error).__name__)
-
-    async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()

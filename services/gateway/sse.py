@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
 from services.gateway.errors import error_event, from_rpc
@@ -21,8 +22,14 @@ HEARTBEAT_SECONDS = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
-def event(name: str, data: Any, event_id: str | None = None) -> bytes:
-    """One SSE frame; `data` is JSON (one line, so no multi-line data framing is needed)."""
+def event(name: str, data: BaseModel | dict[str, Any], event_id: str | None = None) -> bytes:
+    """One SSE frame; `data` is JSON (one line, so no multi-line data framing is needed).
+
+    A model is sent with the fields its conversion set (services.gateway.schemas): an unset optional
+    field is absent, a field set to None is null.
+    """
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json", exclude_unset=True)
     lines = []
     if event_id:
         lines.append(f"id: {event_id}")

@@ -7,8 +7,12 @@ import asyncio
 from services.runtime.auth import jwt_secret
 from services.runtime.config import Settings, load_settings
 from services.runtime.embedded import find_running_postgres_url, find_running_redis_url
-from services.runtime.grpc_server import ServiceApp, serve
+from services.runtime.grpc_server import ServiceDefinition, serve
 from services.runtime.logging import configure_logging
+
+# the components that own tables, each with its migrations in services/<component>/migrations/
+# (retrieval keeps no tables); `docent migrate`, `docent up` and the tests apply all of them
+MIGRATION_COMPONENTS = ("gateway", "ingest", "chat")
 
 
 def resolve_backing_urls(settings: Settings, *, database: bool = True, redis: bool = True) -> Settings:
@@ -37,19 +41,19 @@ def resolve_backing_urls(settings: Settings, *, database: bool = True, redis: bo
     return settings.model_copy(update=updates) if updates else settings
 
 
-def build_app(role: str, settings: Settings) -> ServiceApp:
+def service_definition(role: str, settings: Settings) -> ServiceDefinition:
     if role == "ingest":
-        from services.ingest.app import IngestApp
+        from services.ingest.app import ingest_service
 
-        return IngestApp(resolve_backing_urls(settings))
+        return ingest_service(resolve_backing_urls(settings))
     if role == "retrieval":
-        from services.retrieval.app import RetrievalApp
+        from services.retrieval.app import retrieval_service
 
-        return RetrievalApp(settings)
+        return retrieval_service(settings)
     if role == "chat":
-        from services.chat.app import ChatApp
+        from services.chat.app import chat_service
 
-        return ChatApp(resolve_backing_urls(settings))
+        return chat_service(resolve_backing_urls(settings))
     raise ValueError(f"unknown role {role}")
 
 
@@ -61,17 +65,22 @@ def run_service(role: str) -> int:
         from services.gateway.main import run_gateway
 
         return run_gateway(resolve_backing_urls(settings, redis=False), secret)
-    app = build_app(role, settings)
-    asyncio.run(serve(app, settings, port=getattr(settings, f"{role}_port"), jwt_secret=secret,
+    definition = service_definition(role, settings)
+    asyncio.run(serve(definition, settings, port=getattr(settings, f"{role}_port"), jwt_secret=secret,
                       metrics_port=getattr(settings, f"{role}_metrics_port")))
     return 0
 
 
-def run_migrations() -> int:
+async def migrate_all(database_url: str) -> list[str]:
+    """Apply every component's pending migrations; returns the ones applied now (`ingest/0003_blob_storage`)."""
     from services.runtime.db import migrate
 
+    return await migrate(database_url, MIGRATION_COMPONENTS)
+
+
+def run_migrations() -> int:
     settings = resolve_backing_urls(load_settings(), redis=False)
     configure_logging(settings.log_level, settings.log_format, service="migrate")
-    applied = asyncio.run(migrate(settings.database_url or ""))
-    print(f"migrations applied: {applied or 'none (up to date)'}")
+    applied = asyncio.run(migrate_all(settings.database_url or ""))
+    print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     return 0

@@ -22,11 +22,11 @@ import grpc
 import psutil
 
 from docent.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2_grpc
-from services.ingest.app import IngestApp
-from services.retrieval.app import RetrievalApp
+from services.ingest.app import ingest_service
+from services.retrieval.app import retrieval_service
 from services.retrieval.store import SearchFilters, Source
 from services.runtime.config import Settings
-from tests.conftest import REPO, TEST_SECRET, auth, free_port, running_service
+from tests.conftest import REPO, TEST_SECRET, Built, auth, free_port, running_service
 
 STATUS = ingest_pb2.DocumentStatus
 TERMINAL = {ingest_pb2.DOCUMENT_STATUS_COMPLETED, ingest_pb2.DOCUMENT_STATUS_FAILED}
@@ -98,8 +98,9 @@ class IngestStack:
     settings: Settings
     ingest: ingest_pb2_grpc.IngestServiceStub
     retrieval: retrieval_pb2_grpc.RetrievalServiceStub
-    retrieval_app: RetrievalApp
-    ingest_app: IngestApp
+    # the services as built, to look inside them (retrieval.service.store, ingest.service.pool)
+    retrieval_built: Built
+    ingest_built: Built
     ingest_target: str = ""
 
     def worker(self, name: str = "worker", **env: str) -> WorkerProcess:
@@ -133,7 +134,8 @@ class IngestStack:
             await asyncio.sleep(0.2)
 
     async def stored_chunks(self, user: str, document_id: str) -> int:
-        return await self.retrieval_app.store.count(Source.DOCUMENTS, user, SearchFilters(document_ids=(document_id,)))
+        store = self.retrieval_built.service.store
+        return await store.count(Source.DOCUMENTS, user, SearchFilters(document_ids=(document_id,)))
 
 
 @contextlib.asynccontextmanager
@@ -141,29 +143,12 @@ async def ingest_stack(settings: Settings, embedder, retrieval_port: int | None 
     """Retrieval on a fixed port (so it can be restarted at the same address) and ingest pointing at it."""
     retrieval_port = retrieval_port or free_port()
     settings = settings.model_copy(update={"retrieval_target": f"127.0.0.1:{retrieval_port}"})
-    retrieval_app = RetrievalApp(settings, embedder=embedder)
-    async with running_retrieval(retrieval_app, settings, retrieval_port):
-        ingest_app = IngestApp(settings)
-        async with running_service(ingest_app, settings) as ingest_target:
+    retrieval = Built(retrieval_service(settings, embedder=embedder))
+    async with running_service(retrieval, settings, port=retrieval_port):
+        ingest = Built(ingest_service(settings))
+        async with running_service(ingest, settings) as ingest_target:
             async with grpc.aio.insecure_channel(ingest_target) as ingest_channel, \
                     grpc.aio.insecure_channel(settings.target("retrieval")) as retrieval_channel:
                 yield IngestStack(settings, ingest_pb2_grpc.IngestServiceStub(ingest_channel),
-                                  retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel), retrieval_app,
-                                  ingest_app, ingest_target)
-
-
-@contextlib.asynccontextmanager
-async def running_retrieval(app: RetrievalApp, settings: Settings, port: int) -> AsyncIterator[str]:
-    from services.runtime.grpc_server import serve
-    from tests.conftest import wait_for_serving
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, settings, port=port, jwt_secret=TEST_SECRET, ready_interval=0.2,
-                                     stop_event=stop))
-    target = f"127.0.0.1:{port}"
-    try:
-        await wait_for_serving(target, app.service_names[0])
-        yield target
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+                                  retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel), retrieval,
+                                  ingest, ingest_target)

@@ -22,9 +22,9 @@ from dramatiq.brokers.stub import StubBroker
 
 from docent.v1 import chat_pb2, chat_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.chat.answer import NOT_FOUND_ANSWER
-from services.chat.app import ChatApp
+from services.chat.app import chat_service
 from services.chat.local_llm import smollm2_path, start_server
-from services.retrieval.app import RetrievalApp
+from services.retrieval.app import retrieval_service
 from services.runtime.errors import error_info
 from services.runtime.resources import WorkerResources
 from tests.conftest import auth, create_database, free_port, make_settings, running_service
@@ -52,9 +52,10 @@ class Stack:
 async def stack(backing, embedder):
     database_url = await create_database(backing.database_url)
     retrieval_settings = make_settings()
-    async with running_service(RetrievalApp(retrieval_settings, embedder=embedder), retrieval_settings) as r_target:
+    retrieval = retrieval_service(retrieval_settings, embedder=embedder)
+    async with running_service(retrieval, retrieval_settings) as r_target:
         settings = make_settings(backing, database_url=database_url, retrieval_target=r_target)
-        async with running_service(ChatApp(settings), settings) as chat_target, \
+        async with running_service(chat_service(settings), settings) as chat_target, \
                 grpc.aio.insecure_channel(chat_target) as chat_channel, \
                 grpc.aio.insecure_channel(r_target) as retrieval_channel:
             resources = await WorkerResources.configure(settings)
@@ -270,7 +271,7 @@ async def test_a_lost_enqueue_does_not_fail_the_chat(stack: Stack, backing) -> N
                              redis_url=f"redis://127.0.0.1:{free_port()}/0")
     user = new_user()
     await seed(stack, user)
-    async with running_service(ChatApp(settings), settings, wait_serving=False) as target, \
+    async with running_service(chat_service(settings), settings, wait_serving=False) as target, \
             grpc.aio.insecure_channel(target) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         for _ in range(200):  # started (but NOT_SERVING: Redis is down)
@@ -301,7 +302,7 @@ async def test_llm_answers_stream_through_the_service(stack: Stack, backing) -> 
     async with fake_llm() as fake:
         fake.answer = lambda body: "Our Q3 revenue was $5M [1], mostly enterprise subscriptions."
         settings = llm_settings(stack, backing, fake.base_url)
-        async with running_service(ChatApp(settings), settings) as target, \
+        async with running_service(chat_service(settings), settings) as target, \
                 grpc.aio.insecure_channel(target) as channel:
             stub = chat_pb2_grpc.ChatServiceStub(channel)
             messages = [m async for m in stub.StreamChat(chat_pb2.StreamChatRequest(query="What is our Q3 revenue?"),
@@ -347,7 +348,7 @@ async def test_llm_failure_is_unavailable_and_stores_nothing(stack: Stack, backi
         fake.mode = "error"
         base_url = fake.base_url if failure == "http_error" else f"http://127.0.0.1:{free_port()}/v1"
         settings = llm_settings(stack, backing, base_url)
-        async with running_service(ChatApp(settings), settings) as target, \
+        async with running_service(chat_service(settings), settings) as target, \
                 grpc.aio.insecure_channel(target) as channel:
             stub = chat_pb2_grpc.ChatServiceStub(channel)
             unavailable = grpc.StatusCode.UNAVAILABLE
@@ -384,7 +385,7 @@ async def test_real_llama_cpp_server_end_to_end(stack: Stack, backing) -> None:
     server, base_url = await asyncio.to_thread(start_server, _local_model(), port=free_port())
     try:
         settings = llm_settings(stack, backing, base_url, llm_model="local", llm_timeout_seconds=120)
-        async with running_service(ChatApp(settings), settings) as target, \
+        async with running_service(chat_service(settings), settings) as target, \
                 grpc.aio.insecure_channel(target) as channel:
             stub = chat_pb2_grpc.ChatServiceStub(channel)
             messages = [m async for m in stub.StreamChat(chat_pb2.StreamChatRequest(

@@ -184,12 +184,11 @@ def load_healthcheck_module():
 
 
 def app_service_names() -> dict[str, tuple[str, ...]]:
-    from services.chat.app import ChatApp
-    from services.ingest.app import IngestApp
-    from services.retrieval.app import RetrievalApp
+    from services.runner import service_definition
+    from services.runtime.config import Settings
 
-    return {"ingest": tuple(IngestApp.service_names), "retrieval": tuple(RetrievalApp.service_names),
-            "chat": tuple(ChatApp.service_names)}
+    settings = Settings(_env_file=None, database_url="postgresql://unused", redis_url="redis://unused")  # type: ignore[call-arg]
+    return {role: tuple(service_definition(role, settings).service_names) for role in ("ingest", "retrieval", "chat")}
 
 
 # --- schemas --------------------------------------------------------------------------------------------

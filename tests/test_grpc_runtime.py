@@ -10,8 +10,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from docent.v1 import ingest_pb2, ingest_pb2_grpc
 from services.runtime.auth import mint_token
+from services.runtime.call_context import current_user_id
 from services.runtime.errors import NotFound, error_info
-from services.runtime.grpc_server import current_user_id
+from services.runtime.grpc_server import ServiceDefinition
 from tests.conftest import TEST_SECRET, auth, make_settings, running_service
 
 SERVICE = "docent.v1.IngestService"
@@ -31,15 +32,15 @@ class ProbeIngest(ingest_pb2_grpc.IngestServiceServicer):
 
 
 class ProbeApp:
-    name = "probe"
-    service_names = (SERVICE,)
-
     def __init__(self) -> None:
         self.ready = True
         self.closed = False
 
-    async def start(self) -> None:
-        return None
+    def definition(self) -> ServiceDefinition:
+        async def build() -> ProbeApp:
+            return self
+
+        return ServiceDefinition("probe", (SERVICE,), build)
 
     def register(self, server: grpc.aio.Server) -> None:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(ProbeIngest(), server)
@@ -54,7 +55,7 @@ class ProbeApp:
 @pytest.fixture
 async def probe():
     app = ProbeApp()
-    async with running_service(app, make_settings(), ready_interval=0.05) as target:
+    async with running_service(app.definition(), make_settings(), ready_interval=0.05) as target:
         async with grpc.aio.insecure_channel(target) as channel:
             yield app, ingest_pb2_grpc.IngestServiceStub(channel), channel
 
@@ -156,7 +157,7 @@ async def test_health_goes_not_serving_on_shutdown() -> None:
     app = ProbeApp()
     settings = make_settings(grpc_grace_seconds=2.0)
     seen: list[int] = []
-    async with running_service(app, settings, ready_interval=0.05) as target:
+    async with running_service(app.definition(), settings, ready_interval=0.05) as target:
         channel = grpc.aio.insecure_channel(target)
         stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
         seen.append((await stream.read()).status)

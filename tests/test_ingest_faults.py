@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -13,15 +12,15 @@ import grpc
 import psutil
 
 from docent.v1 import ingest_pb2, ingest_pb2_grpc
-from services.ingest.app import IngestApp
+from services.ingest.app import ingest_service
 from services.ingest.chunk import chunk_pages
 from services.ingest.parse import iter_pages
 from services.ingest.pipeline import MAX_CHUNK_TOKENS, OVERLAP_TOKENS
-from services.retrieval.app import RetrievalApp
+from services.retrieval.app import retrieval_service
 from services.runtime.embedded import EmbeddedRedis
 from services.runtime.embeddings import Tokenizer
-from tests.conftest import create_database, free_port, make_data_dir, make_settings, running_service
-from tests.ingest_harness import IngestStack, WorkerProcess, ingest_stack, running_retrieval
+from tests.conftest import Built, create_database, free_port, make_data_dir, make_settings, running_service
+from tests.ingest_harness import IngestStack, WorkerProcess, ingest_stack
 
 COMPLETED = ingest_pb2.DOCUMENT_STATUS_COMPLETED
 FAULT_SETTINGS = {"lease_seconds": 5, "sweep_interval_seconds": 1, "max_attempts": 5}
@@ -84,7 +83,7 @@ async def test_kill_9_worker_mid_batch_then_a_new_worker_completes_everything(ba
             await assert_all_completed_exactly_once(running, user, files, ids, second)
         finally:
             second.stop()
-        stuck = await running.ingest_app.pool.fetchval(
+        stuck = await running.ingest_built.service.pool.fetchval(
             "SELECT count(*) FROM documents WHERE status IN ('pending', 'processing')")
         assert stuck == 0
 
@@ -125,12 +124,12 @@ async def test_retrieval_down_while_indexing_is_retried_until_it_returns(backing
     settings = make_settings(backing, database_url=await create_database(backing.database_url), **FAULT_SETTINGS)
     retrieval_port = free_port()
     settings = settings.model_copy(update={"retrieval_target": f"127.0.0.1:{retrieval_port}"})
-    retrieval_app = RetrievalApp(settings, embedder=embedder)
-    ingest_app = IngestApp(settings)
-    async with running_service(ingest_app, settings) as ingest_target, \
+    retrieval = Built(retrieval_service(settings, embedder=embedder))
+    ingest = Built(ingest_service(settings))
+    async with running_service(ingest, settings) as ingest_target, \
             grpc.aio.insecure_channel(ingest_target) as channel:
-        running = IngestStack(settings, ingest_pb2_grpc.IngestServiceStub(channel), None, retrieval_app,  # type: ignore[arg-type]
-                              ingest_app)
+        running = IngestStack(settings, ingest_pb2_grpc.IngestServiceStub(channel), None, retrieval,  # type: ignore[arg-type]
+                              ingest)
         user = f"user-{uuid.uuid4().hex[:8]}"
         files = batch(2)
         ids = [(await running.upload(user, name, content)).document.id for name, content in files]
@@ -140,7 +139,7 @@ async def test_retrieval_down_while_indexing_is_retried_until_it_returns(backing
             while "retrying" not in (await running.get(user, ids[0])).error:
                 assert time.monotonic() < deadline, worker.output()[-3000:]
                 await asyncio.sleep(0.2)
-            async with running_retrieval(retrieval_app, settings, retrieval_port):
+            async with running_service(retrieval, settings, port=retrieval_port):
                 documents = await running.wait_terminal(user, ids, timeout=180, worker=worker)
                 for ident in ids:
                     assert documents[ident].status == COMPLETED, documents[ident].error
@@ -150,8 +149,6 @@ async def test_retrieval_down_while_indexing_is_retried_until_it_returns(backing
                     assert await running.stored_chunks(user, ident) == clean_run_chunks(content)
         finally:
             worker.stop()
-    with contextlib.suppress(Exception):
-        await retrieval_app.close()
 
 
 async def test_worker_processes_die_with_a_kill_9ed_dramatiq_master(backing) -> None:

@@ -24,7 +24,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
-from services.retrieval.app import RetrievalApp
+from services.retrieval.app import retrieval_service
 from services.retrieval.rerank import (
     EndpointReranker,
     Ranked,
@@ -319,8 +319,7 @@ async def reranked_retrieval(embedder, standin: StandIn):
     settings = make_settings(rerank="endpoint", rerank_base_url=f"{standin.base}/live/boost:forecasts/v1",
                              rerank_model="stand-in", rerank_candidates=30, rerank_timeout_seconds=5.0,
                              rerank_max_retries=1)
-    app = RetrievalApp(settings, embedder=embedder)
-    async with running_service(app, settings) as target:
+    async with running_service(retrieval_service(settings, embedder=embedder), settings) as target:
         async with grpc.aio.insecure_channel(target) as channel:
             yield retrieval_pb2_grpc.RetrievalServiceStub(channel), embedder
 

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
-from services.retrieval.app import RetrievalApp
+from services.retrieval.app import retrieval_service
 from services.runtime.errors import error_info
 from tests.conftest import auth, make_settings, running_service
 
@@ -31,8 +31,7 @@ FACTS = [
 @pytest.fixture(scope="module")
 async def retrieval(embedder):
     settings = make_settings()
-    app = RetrievalApp(settings, embedder=embedder)
-    async with running_service(app, settings) as target:
+    async with running_service(retrieval_service(settings, embedder=embedder), settings) as target:
         async with grpc.aio.insecure_channel(target) as channel:
             yield retrieval_pb2_grpc.RetrievalServiceStub(channel), embedder
 

@@ -19,9 +19,9 @@ from openai import AsyncOpenAI
 from services.chat.answer import AnswerRequest
 from services.chat.history import HistoryTurn
 from services.chat.text import shorten, strip_markers
+from services.runtime.call_context import remaining_seconds
 from services.runtime.config import Settings
 from services.runtime.errors import Unavailable
-from services.runtime.grpc_server import remaining_seconds
 
 log = structlog.get_logger("docent.chat.llm")
 

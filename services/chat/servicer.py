@@ -10,25 +10,19 @@ from google.protobuf import empty_pb2
 from docent.v1 import chat_pb2, chat_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.chat import conversations, records
 from services.chat.pipeline import ChatPipeline, Delta, Started, Stored, conversation_not_found
+from services.runtime.call_context import current_token, current_user_id
 from services.runtime.config import Settings
 from services.runtime.errors import Internal, from_rpc_error
 from services.runtime.grpc_client import call_options
-from services.runtime.grpc_server import current_token, current_user_id
 from services.runtime.pagination import page_request
 
 log = structlog.get_logger("docent.chat")
 
 
-
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    """Registered before the server starts; `attach()` gives it its connections once they are open
-    (until then the interceptor answers UNAVAILABLE / SERVICE_STARTING)."""
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pipeline: ChatPipeline, pool: asyncpg.Pool,
+                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub) -> None:
         self.settings = settings
-
-    def attach(self, pipeline: ChatPipeline, pool: asyncpg.Pool,
-               retrieval: retrieval_pb2_grpc.RetrievalServiceStub) -> None:
         self.pipeline = pipeline
         self.pool = pool
         self.retrieval = retrieval

@@ -18,10 +18,10 @@ from services.ingest import documents
 from services.ingest.events import DocumentEvents
 from services.ingest.filetypes import EmptyFile, UnsupportedType, detect_type
 from services.ingest.webhook_target import refused_reason
+from services.runtime.call_context import current_token, current_user_id
 from services.runtime.config import Settings
 from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, from_rpc_error
 from services.runtime.grpc_client import call_options
-from services.runtime.grpc_server import current_token, current_user_id
 from services.runtime.names import PROCESS_DOCUMENT
 from services.runtime.pagination import page_request
 from services.runtime.queue import INGEST_QUEUE, Enqueuer
@@ -49,14 +49,9 @@ def _document_not_found(document_id: str) -> NotFound:
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    """Registered before the server starts; `attach()` gives it its connections once they are open
-    (until then the interceptor answers UNAVAILABLE / SERVICE_STARTING)."""
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer,
+                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub, events: DocumentEvents) -> None:
         self.settings = settings
-
-    def attach(self, pool: asyncpg.Pool, enqueuer: Enqueuer, retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
-               events: DocumentEvents) -> None:
         self.pool = pool
         self.enqueuer = enqueuer
         self.retrieval = retrieval

@@ -1,64 +1,62 @@
-"""The retrieval service process: the only owner of the vector store."""
+"""The retrieval service process, the only owner of the vector store: `retrieval_service(settings)`
+builds RetrievalService whole — the embedding model, the open store, the rerank stage — and
+`serve()` runs it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import dataclass
 
 import grpc
 import structlog
 
 from docent.v1 import retrieval_pb2_grpc
+from services.retrieval.rerank import RerankStage
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import DimensionMismatch, VectorStore
+from services.retrieval.stores import create_store
 from services.runtime.config import Settings
 from services.runtime.embeddings import Embedder, create_embedder
+from services.runtime.grpc_server import ServiceDefinition
 from services.runtime.names import RETRIEVAL_SERVICE
 
 log = structlog.get_logger("docent.retrieval")
 
 
-def create_store(settings: Settings) -> VectorStore:
-    if settings.qdrant_url:
-        from services.retrieval.store_qdrant import QdrantServerStore
-
-        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        return QdrantServerStore.from_url(settings.qdrant_url, api_key)
-    from services.retrieval.store_edge import EdgeStore
-
-    return EdgeStore(settings.data_dir / "vectors")
-
-
-class RetrievalApp:
-    name = "retrieval"
-    service_names = (RETRIEVAL_SERVICE,)
-
-    def __init__(self, settings: Settings, *, store: VectorStore | None = None,
-                 embedder: Embedder | None = None) -> None:
-        self.settings = settings
-        self.store = store or create_store(settings)
-        self.embedder = embedder
-        self.servicer: RetrievalServicer | None = None
-
-    async def start(self) -> None:
-        if self.embedder is None:
-            self.embedder = await asyncio.to_thread(create_embedder, self.settings)
-        try:
-            await self.store.open(self.embedder.dimension)
-        except DimensionMismatch as error:
-            raise SystemExit(f"docent: retrieval: {error}") from None
-        assert self.servicer is not None
-        self.servicer.bind_embedder(self.embedder)
-        log.info("vector_store_open", store=self.store.name, model=self.embedder.model_name,
-                 dimension=self.embedder.dimension)
+@dataclass(frozen=True)
+class RetrievalService:
+    servicer: RetrievalServicer
+    store: VectorStore
+    resources: contextlib.AsyncExitStack
 
     def register(self, server: grpc.aio.Server) -> None:
-        self.servicer = RetrievalServicer(self.settings, self.store, self.embedder)
         retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(self.servicer, server)
 
     async def check_ready(self) -> bool:
         return await self.store.ping()
 
     async def close(self) -> None:
-        if self.servicer is not None:
-            await self.servicer.rerank.close()
-        await self.store.close()
+        await self.resources.aclose()
+
+
+async def build_retrieval_service(settings: Settings, embedder: Embedder | None = None) -> RetrievalService:
+    """`embedder`: an already loaded model to share (tests); by default the configured one is loaded."""
+    async with contextlib.AsyncExitStack() as stack:
+        if embedder is None:
+            embedder = await asyncio.to_thread(create_embedder, settings)
+        store = create_store(settings)
+        stack.push_async_callback(store.close)
+        try:
+            await store.open(embedder.dimension)
+        except DimensionMismatch as error:
+            raise SystemExit(f"docent: retrieval: {error}") from None
+        rerank = RerankStage.from_settings(settings)
+        stack.push_async_callback(rerank.close)
+        log.info("vector_store_open", store=store.name, model=embedder.model_name, dimension=embedder.dimension)
+        service = RetrievalService(RetrievalServicer(settings, store, embedder, rerank), store, stack.pop_all())
+    return service
+
+
+def retrieval_service(settings: Settings, *, embedder: Embedder | None = None) -> ServiceDefinition:
+    return ServiceDefinition("retrieval", (RETRIEVAL_SERVICE,), lambda: build_retrieval_service(settings, embedder))

@@ -43,9 +43,9 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from services.retrieval.store import Hit
+from services.runtime.call_context import remaining_seconds
 from services.runtime.config import Settings
 from services.runtime.errors import Unavailable
-from services.runtime.grpc_server import remaining_seconds
 
 log = structlog.get_logger("docent.retrieval.rerank")
 

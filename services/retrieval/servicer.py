@@ -24,10 +24,10 @@ from services.retrieval.store import (
     TurnRecord,
     VectorStore,
 )
+from services.runtime.call_context import current_user_id
 from services.runtime.config import Settings
 from services.runtime.embeddings import Embedder
 from services.runtime.errors import FailedPrecondition, InvalidArgument
-from services.runtime.grpc_server import current_user_id
 from services.runtime.names import MAX_QUERY_CHARS
 
 MAX_TOP_K = 100
@@ -123,17 +123,12 @@ def _result(item: MergedItem) -> retrieval_pb2.SearchResult:
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
-    def __init__(self, settings: Settings, store: VectorStore, embedder: Embedder | None = None) -> None:
+    def __init__(self, settings: Settings, store: VectorStore, embedder: Embedder, rerank: RerankStage) -> None:
         self.settings = settings
         self.store = store
-        self.rerank = RerankStage.from_settings(settings)
-        if embedder is not None:
-            self.bind_embedder(embedder)
-
-    def bind_embedder(self, embedder: Embedder) -> None:
-        """The model loads after the server is up (health says NOT_SERVING meanwhile)."""
         self.embedder = embedder
         self.cache = QueryEmbeddingCache(embedder)
+        self.rerank = rerank
 
     # search -------------------------------------------------------------------------------------
 

@@ -107,33 +107,3 @@ def bearer_token(header_value: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("authorization must be 'Bearer <token>'", reason="TOKEN_MISSING")
     return token.strip()
-
-
-class RevocationList:
-    """Tokens revoked by logout (the gateway's `revoked_tokens` table), as the gRPC services see them.
-
-    Each token id's answer is cached for `ttl_seconds`, so a busy service asks Postgres at most
-    once per token per TTL: a logged-out token stops working over gRPC within that time.
-    """
-
-    def __init__(self, pool, ttl_seconds: float = 5.0, max_entries: int = 10_000) -> None:
-        self._pool = pool
-        self._ttl = ttl_seconds
-        self._max = max_entries
-        self._answers: dict[str, tuple[bool, float]] = {}
-
-    async def is_revoked(self, token_id: str) -> bool:
-        if not token_id:
-            return False
-        now = time.monotonic()
-        cached = self._answers.get(token_id)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        revoked = bool(await self._pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE token_id = $1)", token_id))
-        if len(self._answers) >= self._max:
-            self._answers = {key: value for key, value in self._answers.items() if value[1] > now}
-            if len(self._answers) >= self._max:
-                self._answers.clear()
-        self._answers[token_id] = (revoked, now + self._ttl)
-        return revoked

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
+    # which vector store the retrieval service uses (services/retrieval/stores.py): auto, qdrant, edge
+    vector_store: str = "auto"
 
     # network
     bind_host: str = "127.0.0.1"
@@ -111,7 +113,9 @@ class Settings(BaseSettings):
     rerank_timeout_seconds: float = Field(3.0, gt=0)
     rerank_max_retries: int = Field(1, ge=0, le=5)
 
-    # chat answerer: extractive offline default unless an OpenAI-compatible endpoint is set
+    # chat answerer (services/chat/answerers.py): auto = the LLM when an OpenAI-compatible endpoint
+    # is set, else the offline extractive answerer
+    answerer: str = "auto"
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
     llm_model: str = "gpt-4o-mini"

@@ -10,7 +10,8 @@ import json
 
 import grpc
 
-from services.runtime.grpc_server import MAX_MESSAGE_BYTES, current_request_id, remaining_seconds
+from services.runtime.call_context import current_request_id, remaining_seconds
+from services.runtime.names import MAX_MESSAGE_BYTES
 
 # No retryPolicy: UNAVAILABLE does not prove that a call never ran (handlers raise it themselves, e.g.
 # LLM_UNAVAILABLE, and a connection cut mid-call ends the same way), and the layer above owns the retry

@@ -32,3 +32,6 @@ CHUNKS_COLLECTION = "docent_chunks"
 
 # a question (chat) or query (search) longer than this is refused with QUERY_TOO_LONG
 MAX_QUERY_CHARS = 4000
+
+# the largest gRPC message either side accepts (an upload streams in smaller pieces)
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024

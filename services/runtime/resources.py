@@ -27,14 +27,20 @@ class WorkerResources:
     _instance: WorkerResources | None = None
     _lock: asyncio.Lock | None = None
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, channel: grpc.aio.Channel) -> None:
         self.settings = settings
         self.secret = jwt_secret(settings)
-        self.pool: asyncpg.Pool | None = None
-        self.channel: grpc.aio.Channel | None = None
-        self.retrieval: retrieval_pb2_grpc.RetrievalServiceStub | None = None
+        self.pool = pool
+        self.channel = channel
+        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(channel)
+        # loaded on first use: a worker that only delivers webhooks or forgets memory never needs it
         self._embedder: Embedder | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
+
+    @classmethod
+    async def open(cls, settings: Settings) -> WorkerResources:
+        pool = await db.create_pool(settings.database_url or "", max_size=4)
+        return cls(settings, pool, create_channel(settings.target("retrieval")))
 
     @classmethod
     async def get(cls) -> WorkerResources:
@@ -42,18 +48,14 @@ class WorkerResources:
             cls._lock = asyncio.Lock()
         async with cls._lock:
             if cls._instance is None:
-                instance = cls(load_settings())
-                await instance.open()
-                cls._instance = instance
+                cls._instance = await cls.open(load_settings())
             return cls._instance
 
     @classmethod
     async def configure(cls, settings: Settings) -> WorkerResources:
         """Open resources for `settings` and make them this process's shared instance (tests, tools)."""
-        instance = cls(settings)
-        await instance.open()
-        cls._instance = instance
-        return instance
+        cls._instance = await cls.open(settings)
+        return cls._instance
 
     @classmethod
     async def reset(cls) -> None:
@@ -61,11 +63,6 @@ class WorkerResources:
         instance, cls._instance = cls._instance, None
         if instance is not None:
             await instance.close()
-
-    async def open(self) -> None:
-        self.pool = await db.create_pool(self.settings.database_url or "", max_size=4, run_migrations=False)
-        self.channel = create_channel(self.settings.target("retrieval"))
-        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
 
     async def embedder(self) -> Embedder:
         if self._embedder is None:
@@ -80,7 +77,5 @@ class WorkerResources:
         return call_options(token, timeout or self.settings.grpc_deadline_seconds)
 
     async def close(self) -> None:
-        if self.channel:
-            await self.channel.close()
-        if self.pool:
-            await self.pool.close()
+        await self.channel.close()
+        await self.pool.close()

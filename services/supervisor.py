@@ -30,10 +30,10 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.children import EmbeddedChild, Managed, ProcessChild, exit_reason
+from services.runner import migrate_all
 from services.runtime import metrics
 from services.runtime.auth import jwt_secret
 from services.runtime.config import Settings, load_settings
-from services.runtime.db import migrate
 from services.runtime.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis
 from services.runtime.logging import configure_logging
 from services.runtime.names import GRPC_SERVICES
@@ -109,7 +109,7 @@ class Supervisor:
 
     def _argv(self, role: str) -> list[str]:
         if role == "sweeper":
-            return [sys.executable, "-m", "services.ingest.sweeper"]
+            return [sys.executable, "-m", "services.sweeper"]
         base = [sys.executable, "-m", "services.cli"]
         if role == "worker":
             return [*base, "worker", "--processes", str(self.workers)]
@@ -283,8 +283,8 @@ async def _run(supervisor: Supervisor) -> int:
     exit_code = 0
     try:
         url = supervisor.env.get("DOCENT_DATABASE_URL") or supervisor.settings.database_url or ""
-        applied = await migrate(url)
-        _say(f"migrations: {'applied ' + str(applied) if applied else 'up to date'}")
+        applied = await migrate_all(url)
+        _say(f"migrations: {'applied ' + ', '.join(applied) if applied else 'up to date'}")
         for role in START_ORDER:
             await supervisor.start_child(role)
         supervisor.write_status()

@@ -37,4 +37,4 @@ dramatiq.set_broker(broker)
 
 from services.chat import actors as chat_actors  # noqa: E402,F401  (index_chat_turn on the memory queue)
 from services.ingest import actors as ingest_actors  # noqa: E402,F401  (declares actors on the broker)
-from services.ingest.sweeper import run_sweeper  # noqa: E402,F401  (Dramatiq fork function)
+from services.sweeper import run_sweeper  # noqa: E402,F401  (Dramatiq fork function)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -16,16 +17,18 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.runner import migrate_all
 from services.runtime.auth import mint_token
 from services.runtime.config import Settings
 from services.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
-from services.runtime.grpc_server import ServiceApp, serve
+from services.runtime.grpc_server import Service, ServiceDefinition, serve
 
 TEST_SECRET = "test-secret-" + "x" * 40
 REPO = Path(__file__).resolve().parent.parent
@@ -64,6 +67,8 @@ def backing() -> Iterator[Backing]:
     try:
         database_url = postgres.start()
         redis_url = redis_server.start()
+        # services do not migrate at start: the shared database gets its schema here, once
+        asyncio.run(migrate_all(database_url))
         yield Backing(database_url, redis_url, data_dir)
     finally:
         redis_server.stop()
@@ -71,20 +76,25 @@ def backing() -> Iterator[Backing]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-async def create_database(admin_url: str) -> str:
-    """A new empty database on the embedded server; returns its URL."""
+async def create_database(admin_url: str, *, migrated: bool = True) -> str:
+    """A new database on the embedded server, with every component's migrations unless `migrated` is
+    False (an empty one); returns its URL."""
     name = "t_" + uuid.uuid4().hex[:12]
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return admin_url.replace("/docent?", f"/{name}?")
+    url = admin_url.replace("/docent?", f"/{name}?")
+    if migrated:
+        await migrate_all(url)
+    return url
 
 
 @pytest.fixture
 async def fresh_database_url(backing: Backing) -> str:
-    return await create_database(backing.database_url)
+    """An empty database: no schema, not even `schema_migrations`."""
+    return await create_database(backing.database_url, migrated=False)
 
 
 def make_settings(backing: Backing | None = None, **overrides: object) -> Settings:
@@ -110,15 +120,31 @@ def auth(user_id: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token(user_id)}"),)
 
 
+class Built:
+    """Keeps the service a definition builds, for tests that look inside it (its pool, its store)."""
+
+    def __init__(self, definition: ServiceDefinition) -> None:
+        self._build = definition.build
+        self.definition = dataclasses.replace(definition, build=self._capture)
+        self.service: Any = None
+
+    async def _capture(self) -> Service:
+        self.service = await self._build()
+        return self.service
+
+
 @contextlib.asynccontextmanager
-async def running_service(app: ServiceApp, settings: Settings, *, ready_interval: float = 0.2,
-                          wait_serving: bool = True) -> AsyncIterator[str]:
-    """Serve `app` on a free loopback port in this process; yields its target address."""
+async def running_service(definition: ServiceDefinition | Built, settings: Settings, *, ready_interval: float = 0.2,
+                          wait_serving: bool = True, port: int = 0, **serve_options: Any) -> AsyncIterator[str]:
+    """Build and serve `definition` on a loopback port (a free one by default) in this process; yields its
+    target address."""
+    if isinstance(definition, Built):
+        definition = definition.definition
     stop = asyncio.Event()
     bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(
-        app, settings, port=0, jwt_secret=TEST_SECRET, ready_interval=ready_interval,
-        on_bound=lambda port: bound.set_result(port), stop_event=stop,
+        definition, settings, port=port, jwt_secret=TEST_SECRET, ready_interval=ready_interval,
+        on_bound=lambda port: bound.set_result(port), stop_event=stop, **serve_options,
     ))
     done, _ = await asyncio.wait({task, bound}, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
@@ -126,7 +152,7 @@ async def running_service(app: ServiceApp, settings: Settings, *, ready_interval
     target = f"127.0.0.1:{bound.result()}"
     try:
         if wait_serving:
-            await wait_for_serving(target, app.service_names[0])
+            await wait_for_serving(target, definition.service_names[0])
         yield target
     finally:
         stop.set()

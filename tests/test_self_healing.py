@@ -110,7 +110,7 @@ def _find(up: UpProcess, role: str) -> int:
     for proc in _children(up):
         command = proc.cmdline()
         line = " ".join(command)
-        if ((role == "worker" and "dramatiq" in line) or (role == "sweeper" and "services.ingest.sweeper" in line)
+        if ((role == "worker" and "dramatiq" in line) or (role == "sweeper" and "services.sweeper" in line)
                 or (role == "redis" and "redis-server" in line)
                 or (role == "postgres" and command and command[0].endswith("/postgres"))
                 or f"serve {role}" in line):
@@ -181,7 +181,7 @@ def test_every_role_killed_in_turn_comes_back(up: UpProcess) -> None:
 
     # and Ctrl-C still stops everything, the restarted children and backing servers included
     names = " ".join(" ".join(proc.cmdline()) for proc in up.track_descendants())
-    assert "postgres" in names and "redis-server" in names and "services.ingest.sweeper" in names
+    assert "postgres" in names and "redis-server" in names and "services.sweeper" in names
     assert up.stop(signal.SIGINT) == 0
     time.sleep(0.5)
     assert up.survivors() == []

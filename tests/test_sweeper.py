@@ -7,11 +7,17 @@ import uuid
 
 import pytest
 
-from services.ingest.sweeper import MAX_MEMORY_SWEEPS, sweep_once
-from services.runtime import db
+from services.chat.memory_sweep import MAX_MEMORY_SWEEPS
+from services.runtime import db, sweeps
 from services.runtime.names import PROCESS_DOCUMENT
 from services.runtime.queue import INGEST_QUEUE, Enqueuer, build_message, pending_arguments, queue_stats
+from services.sweeper import SWEEP_PASSES
 from tests.conftest import create_database, make_settings
+
+
+async def sweep_once(settings, pool, enqueuer) -> dict[str, int]:
+    """One round of the sweeper process: the documents' pass, then chat's."""
+    return await sweeps.sweep_once(SWEEP_PASSES, settings, pool, enqueuer)
 
 
 @pytest.fixture
@@ -120,3 +126,18 @@ async def test_a_backlog_keeps_one_message_per_document(swept) -> None:
     stats = queue_stats(enqueuer.broker)["ingest"]
     assert (stats["waiting"], stats["delayed"]) == (300, 1)  # 299 + the lost one's new message; 1 delayed
     assert str(lost) in await asyncio.to_thread(pending_arguments, enqueuer.broker, INGEST_QUEUE, PROCESS_DOCUMENT)
+
+
+async def test_each_pass_has_its_own_lock(swept) -> None:
+    """A pass another sweeper is running is skipped; the other passes still run."""
+    from services.ingest.sweeper import SWEEP_LOCK_KEY
+
+    settings, pool, enqueuer = swept
+    await add_document(pool, "pending")
+    async with pool.acquire() as other_sweeper:
+        await other_sweeper.execute("SELECT pg_advisory_lock($1)", SWEEP_LOCK_KEY)
+        try:
+            assert await sweep_once(settings, pool, enqueuer) == {"turns": 0}
+        finally:
+            await other_sweeper.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK_KEY)
+    assert (await sweep_once(settings, pool, enqueuer))["requeued"] == 1

@@ -165,3 +165,21 @@ async def mark_indexed(pool: asyncpg.Pool, turn_id: uuid.UUID, vector_id: str) -
         """UPDATE chat_turns SET vector_id = $2, memory_indexed_at = coalesce(memory_indexed_at, now())
            WHERE id = $1 RETURNING 1""", turn_id, vector_id)
     return updated is not None
+
+
+async def take_unindexed_for_sweep(conn: asyncpg.Connection, stale_after: float, max_sweeps: int,
+                                   limit: int = 500) -> list[uuid.UUID]:
+    """Turns whose memory is still unindexed and due for another try, oldest first; counts the try.
+
+    A turn is due once stale_after × 2^sweeps seconds passed since it was stored, and never after
+    `max_sweeps` tries.
+    """
+    rows = await conn.fetch(
+        """UPDATE chat_turns SET memory_sweeps = memory_sweeps + 1
+           WHERE id IN (SELECT id FROM chat_turns WHERE memory_indexed_at IS NULL
+                        AND memory_sweeps < $2
+                        AND created_at < now() - make_interval(secs => $1 * (1 << memory_sweeps))
+                        ORDER BY created_at LIMIT $3)
+           RETURNING id""",
+        stale_after, max_sweeps, limit)
+    return [row["id"] for row in rows]

@@ -1,6 +1,7 @@
 """Documents in Postgres: the source of truth for what was uploaded and how far processing got.
 
 Every query that serves a user names the user: a document of another user is simply not found.
+Changes of status (and of the lease, progress and enqueue marks) are in services.ingest.states.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ import uuid
 import asyncpg
 
 from docent.v1 import ingest_pb2
+from services.ingest.states import TERMINAL, Status, mark_enqueued  # noqa: F401  (the servicer reads them here)
 from services.runtime.names import CHUNKS_COLLECTION
 from services.runtime.pagination import PageCursor, timestamp
 
-PENDING, PROCESSING, COMPLETED, FAILED = "pending", "processing", "completed", "failed"
-TERMINAL = frozenset({COMPLETED, FAILED})
 _STATUS_TO_PB = {
-    PENDING: ingest_pb2.DOCUMENT_STATUS_PENDING,
-    PROCESSING: ingest_pb2.DOCUMENT_STATUS_PROCESSING,
-    COMPLETED: ingest_pb2.DOCUMENT_STATUS_COMPLETED,
-    FAILED: ingest_pb2.DOCUMENT_STATUS_FAILED,
+    Status.PENDING: ingest_pb2.DOCUMENT_STATUS_PENDING,
+    Status.PROCESSING: ingest_pb2.DOCUMENT_STATUS_PROCESSING,
+    Status.COMPLETED: ingest_pb2.DOCUMENT_STATUS_COMPLETED,
+    Status.FAILED: ingest_pb2.DOCUMENT_STATUS_FAILED,
 }
 # what listing and watching read: never the bytes
 COLUMNS = """id, user_id, filename, mime_type, file_size, sha256, status, stage, error, error_reason, pages_done,
@@ -36,7 +36,7 @@ def to_pb(row: asyncpg.Record) -> ingest_pb2.Document:
         progress=ingest_pb2.DocumentProgress(
             stage=row["stage"], pages_done=row["pages_done"], pages_total=row["pages_total"],
             chunks_done=row["chunks_done"], chunks_total=row["chunks_total"], attempts=row["attempts"]),
-        vector_collection=CHUNKS_COLLECTION if row["status"] == COMPLETED else "",
+        vector_collection=CHUNKS_COLLECTION if row["status"] == Status.COMPLETED else "",
     )
     for field_name, column in (("create_time", "created_at"), ("update_time", "updated_at"),
                                ("index_time", "indexed_at")):
@@ -118,7 +118,3 @@ async def delete(pool: asyncpg.Pool, user_id: str, document_id: str) -> bool:
     result = await pool.execute("DELETE FROM documents WHERE id = $1 AND user_id = $2", ident, user_id)
     return result.endswith(" 1")
 
-
-async def mark_enqueued(pool: asyncpg.Pool, document_id: uuid.UUID, task_id: str) -> None:
-    await pool.execute("UPDATE documents SET task_id = $2, enqueued_at = now(), updated_at = now() WHERE id = $1",
-                       document_id, task_id)

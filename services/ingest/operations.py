@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg
 
+from services.ingest import states
 from services.runner import resolve_backing_urls
 from services.runtime.config import Settings
 from services.runtime.queue import create_broker, queue_stats
@@ -15,14 +16,9 @@ async def queue_report(settings: Settings) -> str:
     settings = resolve_backing_urls(settings)
     conn = await asyncpg.connect(settings.database_url)
     try:
-        by_status = dict(await conn.fetch("SELECT status, count(*) FROM documents GROUP BY status"))
-        processing = await conn.fetch(
-            """SELECT id, filename, stage, pages_done, pages_total, chunks_done, chunks_total, attempts,
-                      greatest(0, extract(epoch FROM lease_until - now()))::int AS lease_left
-               FROM documents WHERE status = 'processing' ORDER BY updated_at DESC LIMIT 20""")
-        failed = await conn.fetch(
-            "SELECT id, filename, error, error_reason, updated_at FROM documents WHERE status = 'failed' "
-            "ORDER BY updated_at DESC LIMIT 10")
+        by_status = await states.count_by_status(conn)
+        processing = await states.processing_now(conn, 20)
+        failed = await states.recently_failed(conn, 10)
         unindexed_turns = await conn.fetchval("SELECT count(*) FROM chat_turns WHERE memory_indexed_at IS NULL")
     finally:
         await conn.close()
@@ -39,8 +35,7 @@ async def queue_report(settings: Settings) -> str:
         lines.append(f"{queue:<10} {values['waiting']:>8} {values['in_flight']:>10} {values['delayed']:>8} "
                      f"{values['dead']:>5}")
     lines.append("")
-    lines.append("documents   " + "  ".join(f"{status}={by_status.get(status, 0)}"
-                                          for status in ("pending", "processing", "completed", "failed")))
+    lines.append("documents   " + "  ".join(f"{status}={total}" for status, total in by_status.items()))
     lines.append(f"chat turns waiting for memory indexing: {unindexed_turns}")
     if processing:
         lines.append("")

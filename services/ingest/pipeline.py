@@ -19,7 +19,7 @@ import grpc
 import structlog
 
 from docent.v1 import retrieval_pb2
-from services.ingest import documents
+from services.ingest import documents, states
 from services.ingest.chunk import Chunk, chunk_pages
 from services.ingest.contextual import document_title, embedding_text
 from services.ingest.ocr import OcrOptions
@@ -43,7 +43,7 @@ PERMANENT_GRPC_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED
 
 # Stable reason codes stored in documents.error_reason beside the message. Parse failures carry their
 # own (pages.PDF_ENCRYPTED, PDF_INVALID, NO_TEXT, EMPTY_FILE, DOCX_INVALID, CSV_INVALID, JSON_INVALID,
-# UNSUPPORTED_TYPE); the sweeper writes WORKER_LOST for a document whose worker kept dying.
+# UNSUPPORTED_TYPE); the sweeper writes states.WORKER_LOST for a document whose worker kept dying.
 FILE_MISSING = "FILE_MISSING"
 INDEX_REJECTED = "INDEX_REJECTED"
 RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
@@ -90,14 +90,7 @@ class Progress:
         if not force and now - self._last_write < PROGRESS_INTERVAL_SECONDS:
             return
         self._last_write = now
-        columns = list(self.values)
-        assignments = ", ".join(f"{column} = ${index + 3}" for index, column in enumerate(columns))
-        renewed = await self.pool.fetchval(
-            f"""UPDATE documents SET {assignments}, updated_at = now(),
-                       lease_until = now() + make_interval(secs => $2)
-                WHERE id = $1 AND status = 'processing' RETURNING 1""",
-            self.document_id, self.lease_seconds, *self.values.values())
-        if renewed is None:
+        if not await states.record_progress(self.pool, self.document_id, self.lease_seconds, self.values):
             raise DocumentGone(str(self.document_id))
 
 
@@ -105,14 +98,7 @@ async def claim(pool: asyncpg.Pool, document_id: str, lease_seconds: int) -> Cla
     ident = documents.parse_uuid(document_id)
     if ident is None:
         return None
-    row = await pool.fetchrow(
-        """UPDATE documents
-           SET status = 'processing', stage = 'parsing', attempts = attempts + 1, error = NULL, error_reason = NULL,
-               pages_done = 0, pages_total = 0, chunks_done = 0, chunks_total = 0,
-               lease_until = now() + make_interval(secs => $2), updated_at = now()
-           WHERE id = $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
-           RETURNING id, user_id, filename, mime_type, attempts""",
-        ident, lease_seconds)
+    row = await states.claim(pool, ident, lease_seconds)
     if row is None:
         return None
     return Claim(row["id"], row["user_id"], row["filename"], row["mime_type"], row["attempts"])
@@ -121,20 +107,14 @@ async def claim(pool: asyncpg.Pool, document_id: str, lease_seconds: int) -> Cla
 async def release(pool: asyncpg.Pool, document_id: str, reason: str) -> None:
     """Back to pending for a retry (the message is retried with backoff; the sweeper is the safety net)."""
     ident = documents.parse_uuid(document_id)
-    await pool.execute(
-        """UPDATE documents SET status = 'pending', stage = 'queued', lease_until = NULL, error = $2,
-                  enqueued_at = now(), updated_at = now()
-           WHERE id = $1 AND status = 'processing'""", ident, f"retrying: {reason}")
+    if ident is not None:
+        await states.release(pool, ident, reason)
 
 
 async def fail(resources: WorkerResources, document_id: str, message: str, reason: str) -> None:
     ident = documents.parse_uuid(document_id)
     assert resources.pool is not None
-    row = await resources.pool.fetchrow(
-        f"""UPDATE documents SET status = 'failed', stage = 'failed', error = $2, error_reason = $3,
-                   lease_until = NULL, updated_at = now()
-            WHERE id = $1 AND status IN ('pending', 'processing') RETURNING {documents.COLUMNS}""",
-        ident, message[:1000], reason)
+    row = None if ident is None else await states.fail(resources.pool, ident, message, reason)
     if row is not None:
         log.info("document_failed", document_id=document_id, error=message, reason=reason)
         await _remove_vectors(resources, row["user_id"], document_id)
@@ -240,19 +220,13 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
             pending = []
         await progress.update(chunks_done=start + len(batch))
 
-    row = await pool.fetchrow(
-        f"""UPDATE documents SET status = 'completed', stage = 'completed', error = NULL, error_reason = NULL,
-                   lease_until = NULL,
-                   chunks_done = $2, chunk_count = $2, page_count = $3, pages_done = $3, indexed_at = now(),
-                   updated_at = now()
-            WHERE id = $1 AND status = 'processing' RETURNING {documents.COLUMNS}""",
-        claimed.id, len(chunks), max(pages_total, pages_done))
+    row = await states.complete(pool, claimed.id, chunk_count=len(chunks), page_count=max(pages_total, pages_done))
     if row is None:
         raise DocumentGone(document_id)
     bound.info("document_completed", pages=row["page_count"], chunks=len(chunks),
                seconds=round(time.perf_counter() - started, 2))
     await deliver_webhook(resources, row)
-    return documents.COMPLETED
+    return states.Status.COMPLETED
 
 
 async def _renewing(progress: Progress, work, pages_done) -> list[Chunk]:

@@ -15,6 +15,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.ingest import states
 from services.retrieval.app import create_store
 from services.runtime.config import Settings
 from services.runtime.embedded import EmbeddedPostgres, find_running_postgres_url, find_running_redis_url
@@ -60,11 +61,7 @@ async def _reindex(settings: Settings) -> int:
     conn = await asyncpg.connect(settings.database_url)
     try:
         async with conn.transaction():
-            documents = await conn.fetch(
-                """UPDATE documents SET status = 'pending', stage = 'queued', error = NULL, attempts = 0,
-                          pages_done = 0, chunks_done = 0, lease_until = NULL, enqueued_at = NULL,
-                          indexed_at = NULL, updated_at = now()
-                   WHERE status <> 'failed' RETURNING id""")
+            documents = await states.requeue_all(conn)
             turns = await conn.execute(
                 "UPDATE chat_turns SET vector_id = NULL, memory_indexed_at = NULL, memory_sweeps = 0")
     finally:
@@ -75,8 +72,8 @@ async def _reindex(settings: Settings) -> int:
             raise ConnectionError("no Redis running")
         enqueuer = Enqueuer(settings.redis_url or "")
         try:
-            for row in documents:
-                await enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(row["id"]))
+            for ident in documents:
+                await enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(ident))
                 enqueued += 1
         finally:
             enqueuer.close()

@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import structlog
 
+from services.ingest import states
 from services.ingest.webhook_target import refused_reason
 from services.runtime.resources import WorkerResources
 
@@ -36,6 +37,7 @@ def webhook_secret(resources: WorkerResources) -> str:
 
 
 async def deliver_webhook(resources: WorkerResources, row: asyncpg.Record) -> bool:
+    """POST the finished document (a row of states.FINISHED_COLUMNS) to its webhook_url, if it has one."""
     url = row["webhook_url"]
     if not url:
         return False
@@ -60,8 +62,7 @@ async def deliver_webhook(resources: WorkerResources, row: asyncpg.Record) -> bo
                 reply = await client.post(url, content=body, headers=headers)
                 if reply.status_code < 300:
                     assert resources.pool is not None
-                    await resources.pool.execute("UPDATE documents SET webhook_sent_at = now() WHERE id = $1",
-                                                 row["id"])
+                    await states.mark_webhook_sent(resources.pool, row["id"])
                     return True
                 log.warning("webhook_rejected", url=url, status=reply.status_code, attempt=attempt)
             except httpx.HTTPError as error:

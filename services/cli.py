@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="mint a bearer token (for grpcurl and scripts)")
     token.add_argument("--user", required=True, help="user id to put in the token")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument("--admin", action="store_true",
+                       help="an operator token, for the maintenance RPCs (ResetIndex, ReindexDocuments, ReindexMemory)")
 
     ingest = sub.add_parser("ingest", help="upload files over gRPC and show their progress")
     ingest.add_argument("files", nargs="+")
@@ -39,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("queue", help="queue depth, in-flight and failed jobs")
 
-    sub.add_parser("reindex", help="re-embed every document and chat turn (after changing the embedding model)")
+    sub.add_parser("reindex", help="re-embed every document and chat turn of a running Docent "
+                                 "(after changing the embedding model)")
 
     evaluate = sub.add_parser("eval", help="answer and citation quality through the REST API (bench/eval sets)")
     from services.evaluation.cli import add_arguments
@@ -77,9 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         from services.runtime.auth import jwt_secret, mint_token
         from services.runtime.config import load_settings
 
-        print(mint_token(jwt_secret(load_settings()), args.user, args.ttl))
+        print(mint_token(jwt_secret(load_settings()), args.user, args.ttl, admin=args.admin))
         return 0
-    if command in ("ingest", "docs", "queue", "reindex"):
+    if command == "reindex":
+        import asyncio
+
+        from services.reindex import reindex
+        from services.runtime.config import load_settings
+
+        return asyncio.run(reindex(load_settings()))
+    if command in ("ingest", "docs", "queue"):
         from services.ingest import cli as ingest_cli
 
         return ingest_cli.main(args)

@@ -1,15 +1,25 @@
-"""`docent reindex` after an embedding-model change: collections rebuilt, everything queued again."""
+"""`docent reindex` on a running system, through the services' RPCs: after an embedding-model change the
+collections are rebuilt for the new model, and every document and chat turn is queued again."""
 
 from __future__ import annotations
 
 import json
 import uuid
 
-from services.ingest.reindex import reindex
-from services.retrieval.app import RetrievalApp
-from services.retrieval.store_edge import DENSE
+import grpc
+import pytest
+
+from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
+from services.chat.app import chat_service
+from services.ingest.app import ingest_service
+from services.reindex import reindex
+from services.retrieval.app import retrieval_service
+from services.retrieval.store_edge import DENSE, EdgeStore
 from services.runtime import db
-from tests.conftest import create_database, make_settings, running_service
+from services.runtime.errors import error_info
+from services.runtime.names import INDEX_CHAT_TURN, PROCESS_DOCUMENT
+from services.runtime.queue import Enqueuer, pending_arguments
+from tests.conftest import auth, create_database, make_settings, running_service
 
 
 async def test_reindex_rebuilds_collections_and_requeues_documents_and_turns(backing, embedder, capsys) -> None:
@@ -17,12 +27,13 @@ async def test_reindex_rebuilds_collections_and_requeues_documents_and_turns(bac
     pool = await db.create_pool(url, max_size=2)
     redis_url = backing.redis_url.replace("db=0", "db=8")
     settings = make_settings(backing, database_url=url, redis_url=redis_url)
+    enqueuer = Enqueuer(redis_url)
     try:
         # a store built for another model: 8-d vectors
         vectors = settings.data_dir / "vectors"
-        app = RetrievalApp(settings, embedder=embedder)
-        await app.store.open(8)
-        await app.store.close()
+        old = EdgeStore(vectors)
+        await old.open(8)
+        await old.close()
         completed, failed = uuid.uuid4(), uuid.uuid4()
         for ident, status in ((completed, "completed"), (failed, "failed")):
             await pool.execute(
@@ -35,22 +46,46 @@ async def test_reindex_rebuilds_collections_and_requeues_documents_and_turns(bac
                                        vector_id, memory_indexed_at, memory_sweeps)
                VALUES ($1, $2, 'u', 1, 'q', 'q', 'a', 'm', 'p', now(), 2)""", turn, conversation)
 
-        # refused while the retrieval service runs (it owns the store)
-        async with running_service(RetrievalApp(settings.model_copy(update={"data_dir": settings.data_dir / "x"}),
-                                                embedder=embedder), settings) as target:
-            running = settings.model_copy(update={"retrieval_target": target})
-            assert await reindex(running) == 1
-            assert "stop it first" in capsys.readouterr().err
+        # nothing runs: the command says so and changes nothing
+        stopped = settings.model_copy(update={"retrieval_target": "127.0.0.1:1"})
+        assert await reindex(stopped) == 1
+        assert "Is Docent running?" in capsys.readouterr().err
 
-        assert await reindex(settings.model_copy(update={"retrieval_target": "127.0.0.1:1"})) == 0
+        async with running_service(retrieval_service(settings, embedder=embedder), settings) as retrieval_target:
+            settings = settings.model_copy(update={"retrieval_target": retrieval_target})
+            async with grpc.aio.insecure_channel(retrieval_target) as channel:
+                stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
+                # the old vectors cannot serve the new model: a clear error, not wrong results
+                with pytest.raises(grpc.aio.AioRpcError) as stale:
+                    await stub.Search(retrieval_pb2.SearchRequest(query="q"), metadata=auth("u"), timeout=10)
+                assert stale.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert error_info(stale.value).reason == "INDEX_REBUILD_REQUIRED"
+                # a user's token cannot reset the index
+                with pytest.raises(grpc.aio.AioRpcError) as denied:
+                    await stub.ResetIndex(retrieval_pb2.ResetIndexRequest(), metadata=auth("u"), timeout=10)
+                assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert error_info(denied.value).reason == "ADMIN_REQUIRED"
+
+                async with running_service(ingest_service(settings), settings) as ingest_target, \
+                        running_service(chat_service(settings), settings) as chat_target:
+                    running = settings.model_copy(update={"ingest_target": ingest_target, "chat_target": chat_target})
+                    assert await reindex(running) == 0
+
+                # the collections serve the new model now
+                await stub.Search(retrieval_pb2.SearchRequest(query="q"), metadata=auth("u"), timeout=10)
         for collection in ("docent_chunks", "docent_chat_turns"):
             config = json.loads((vectors / collection / "edge_config.json").read_text())
             assert config["vectors"][DENSE]["size"] == embedder.dimension
-        row = await pool.fetchrow("SELECT status, attempts FROM documents WHERE id = $1", completed)
-        assert (row["status"], row["attempts"]) == ("pending", 0)
+        row = await pool.fetchrow("SELECT status, attempts, task_id FROM documents WHERE id = $1", completed)
+        assert (row["status"], row["attempts"]) == ("pending", 0) and row["task_id"]
         assert await pool.fetchval("SELECT status FROM documents WHERE id = $1", failed) == "failed"
         turn_row = await pool.fetchrow("SELECT vector_id, memory_indexed_at, memory_sweeps FROM chat_turns")
         assert tuple(turn_row) == (None, None, 0)
-        assert "1 documents queued again (1 enqueued now)" in capsys.readouterr().out
+        assert pending_arguments(enqueuer.broker, "ingest", PROCESS_DOCUMENT) >= {str(completed)}
+        assert pending_arguments(enqueuer.broker, "memory", INDEX_CHAT_TURN) >= {str(turn)}
+        out = capsys.readouterr().out
+        assert f"({embedder.dimension}-d, qdrant-edge)" in out
+        assert "1 documents queued again (1 enqueued now" in out and "1 chat turns to re-embed" in out
     finally:
+        enqueuer.close()
         await pool.close()

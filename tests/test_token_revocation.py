@@ -11,10 +11,8 @@ import httpx
 import jwt
 import pytest
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from services.runtime.auth import mint_token
-from services.runtime.errors import Unavailable, backing_outage
 from services.runtime.revocation import KEY_PREFIX, RevocationList, revocation_key
 from tests.conftest import TEST_SECRET, create_database, free_port, make_settings
 from tests.test_gateway_auth import bearer, serve_gateway, signup
@@ -36,7 +34,7 @@ def settings(database_url, backing):
 
 @pytest.fixture
 async def reader(backing):
-    revocations = RevocationList(backing.redis_url, ttl_seconds=CACHE_SECONDS)
+    revocations = RevocationList(backing.redis_url, refresh_seconds=CACHE_SECONDS)
     yield revocations
     await revocations.close()
 
@@ -102,26 +100,36 @@ async def test_a_revocation_ends_when_its_token_expires(settings, reader, redis_
         assert not await redis_client.exists(revocation_key(token_id(short)))
 
 
-async def test_unreachable_redis_is_an_outage_not_a_no(backing) -> None:
-    revocations = RevocationList(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+async def test_unreachable_redis_keeps_the_revocations_last_read(backing, redis_client) -> None:
+    """A Redis outage neither stops the gRPC services nor brings back a token revoked before it."""
+    port = free_port()
+    revoked, other = uuid.uuid4().hex, uuid.uuid4().hex
+    await redis_client.set(KEY_PREFIX + revoked, b"1", ex=60)
+    revocations = RevocationList(backing.redis_url, refresh_seconds=CACHE_SECONDS)
     try:
-        with pytest.raises(redis.exceptions.ConnectionError) as caught:
-            await revocations.is_revoked(uuid.uuid4().hex)
-        assert isinstance(backing_outage(caught.value), Unavailable)
+        assert await revocations.is_revoked(revoked)
+        # Redis goes away: the next refresh fails and the set read before stays in force
+        await revocations._redis.aclose()
+        revocations._redis = aioredis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
+        await asyncio.sleep(CACHE_SECONDS * 1.5)
+        assert await revocations.is_revoked(revoked)
+        assert not await revocations.is_revoked(other)
+        assert revocations.last_error == "ConnectionError"
     finally:
         await revocations.close()
+        await redis_client.delete(KEY_PREFIX + revoked)
 
 
-async def test_answers_are_cached_briefly_and_the_cache_is_bounded(backing, redis_client) -> None:
-    revocations = RevocationList(backing.redis_url, ttl_seconds=60, max_entries=10)
+async def test_redis_is_read_at_most_once_per_refresh_interval(backing, redis_client) -> None:
+    revocations = RevocationList(backing.redis_url, refresh_seconds=60)
     try:
         revoked = uuid.uuid4().hex
         assert not await revocations.is_revoked(revoked)
         await redis_client.set(KEY_PREFIX + revoked, b"1", ex=60)
-        assert not await revocations.is_revoked(revoked)  # within the cache time
-        for _ in range(50):
-            await revocations.is_revoked(uuid.uuid4().hex)
-        assert len(revocations._answers) <= 10
+        assert not await revocations.is_revoked(revoked)  # read again only after the interval
+        revocations._due = 0.0
+        assert await revocations.is_revoked(revoked)
         assert not await revocations.is_revoked("")
     finally:
         await revocations.close()
+        await redis_client.delete(KEY_PREFIX + revoked)

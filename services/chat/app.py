@@ -73,7 +73,7 @@ async def build_chat_service(settings: Settings) -> ChatService:
         pipeline = ChatPipeline(settings, pool, retrieval, enqueuer, answerer, rewriter, count_tokens)
         log.info("answerer", model=answerer.model, llm_base_url=settings.llm_base_url or None,
                  history_token_budget=settings.history_token_budget)
-        service = ChatService(ChatServicer(settings, pipeline, pool, retrieval), pool, enqueuer, channel,
+        service = ChatService(ChatServicer(settings, pipeline, pool, retrieval, enqueuer), pool, enqueuer, channel,
                               stack.pop_all())
     return service
 

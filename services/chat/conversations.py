@@ -183,3 +183,11 @@ async def take_unindexed_for_sweep(conn: asyncpg.Connection, stale_after: float,
            RETURNING id""",
         stale_after, max_sweeps, limit)
     return [row["id"] for row in rows]
+
+
+async def forget_all_memory(pool: asyncpg.Pool) -> list[uuid.UUID]:
+    """Every turn of every user loses its memory vector, to be embedded again (`docent reindex`); their ids."""
+    rows = await pool.fetch(
+        """UPDATE chat_turns SET vector_id = NULL, memory_indexed_at = NULL, memory_sweeps = 0
+           RETURNING id""")
+    return [row["id"] for row in rows]

@@ -10,22 +10,25 @@ from google.protobuf import empty_pb2
 from docent.v1 import chat_pb2, chat_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.chat import conversations, records
 from services.chat.pipeline import ChatPipeline, Delta, Started, Stored, conversation_not_found
-from services.runtime.call_context import current_token, current_user_id
+from services.runtime.call_context import current_token, current_user_id, require_admin
 from services.runtime.config import Settings
 from services.runtime.errors import Internal, from_rpc_error
 from services.runtime.grpc_client import call_options
+from services.runtime.names import INDEX_CHAT_TURN
 from services.runtime.pagination import page_request
+from services.runtime.queue import MEMORY_QUEUE, Enqueuer
 
 log = structlog.get_logger("docent.chat")
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, settings: Settings, pipeline: ChatPipeline, pool: asyncpg.Pool,
-                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub) -> None:
+                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub, enqueuer: Enqueuer) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.pool = pool
         self.retrieval = retrieval
+        self.enqueuer = enqueuer
 
     async def Chat(self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> chat_pb2.ChatResponse:
         turn = None
@@ -81,6 +84,22 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                         error=type(error).__name__)
         log.info("conversation_deleted", conversation_id=conversation_id, turns=row["turn_count"])
         return empty_pb2.Empty()
+
+    async def ReindexMemory(self, request: chat_pb2.ReindexMemoryRequest,
+                            context: grpc.aio.ServicerContext) -> chat_pb2.ReindexMemoryResponse:
+        """Operator only: every turn's memory is embedded again; a turn whose message is lost (Redis down)
+        is queued by the memory sweep."""
+        require_admin()
+        turn_ids = await conversations.forget_all_memory(self.pool)
+        enqueued = 0
+        try:
+            for turn_id in turn_ids:
+                await self.enqueuer.enqueue(MEMORY_QUEUE, INDEX_CHAT_TURN, str(turn_id))
+                enqueued += 1
+        except Exception as error:  # the memory sweep picks up what is left
+            log.warning("reindex_enqueue_failed", error=type(error).__name__, left=len(turn_ids) - enqueued)
+        log.warning("memory_reindex", turns=len(turn_ids), enqueued=enqueued)
+        return chat_pb2.ReindexMemoryResponse(turns_requeued=len(turn_ids))
 
     async def _forget(self, conversation_id: str) -> None:
         try:

@@ -1,7 +1,7 @@
-"""Operator and user commands of the ingest side: `docent ingest | docs | queue | reindex`.
+"""Operator and user commands of the ingest side: `docent ingest | docs | queue`.
 
 `ingest` and `docs` are gRPC clients like any other (a token is minted from the local secret for
-the given user); `queue` and `reindex` are operator tools that read Redis and Postgres directly.
+the given user); `queue` is an operator tool that reads Redis and Postgres directly.
 """
 
 from __future__ import annotations
@@ -36,10 +36,6 @@ def main(args: argparse.Namespace) -> int:
         return asyncio.run(list_documents(settings, _user(args)))
     if args.command == "queue":
         return asyncio.run(show_queue(settings))
-    if args.command == "reindex":
-        from services.ingest.reindex import reindex
-
-        return asyncio.run(reindex(settings))
     return 2
 
 

@@ -14,11 +14,11 @@ import structlog
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from docent.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from services.ingest import documents
+from services.ingest import documents, states
 from services.ingest.events import DocumentEvents
 from services.ingest.filetypes import EmptyFile, UnsupportedType, detect_type
 from services.ingest.webhook_target import refused_reason
-from services.runtime.call_context import current_token, current_user_id
+from services.runtime.call_context import current_token, current_user_id, require_admin
 from services.runtime.config import Settings
 from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, from_rpc_error
 from services.runtime.grpc_client import call_options
@@ -114,6 +114,23 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             return row
         await documents.mark_enqueued(self.pool, row["id"], task_id)
         return await documents.get(self.pool, row["user_id"], str(row["id"])) or row
+
+    async def ReindexDocuments(self, request: ingest_pb2.ReindexDocumentsRequest,
+                               context: grpc.aio.ServicerContext) -> ingest_pb2.ReindexDocumentsResponse:
+        """Operator only: every document that did not fail is processed again from its stored file."""
+        require_admin()
+        requeued = await states.requeue_all(self.pool)
+        enqueued = 0
+        for document_id in requeued:
+            try:
+                task_id = await self.enqueuer.enqueue(INGEST_QUEUE, PROCESS_DOCUMENT, str(document_id))
+            except Exception as error:  # Redis down: they are pending, the sweeper enqueues them
+                log.warning("reindex_enqueue_failed", error=type(error).__name__, left=len(requeued) - enqueued)
+                break
+            await states.mark_enqueued(self.pool, document_id, task_id)
+            enqueued += 1
+        log.warning("documents_reindex", requeued=len(requeued), enqueued=enqueued)
+        return ingest_pb2.ReindexDocumentsResponse(documents_requeued=len(requeued), documents_enqueued=enqueued)
 
     async def GetDocument(self, request: ingest_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext):
         row = await documents.get(self.pool, current_user_id(), request.document_id)

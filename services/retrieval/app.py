@@ -34,7 +34,8 @@ class RetrievalService:
         retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(self.servicer, server)
 
     async def check_ready(self) -> bool:
-        return await self.store.ping()
+        # a stale index still answers (INDEX_REBUILD_REQUIRED per call) so that `docent reindex` can reach it
+        return self.servicer.stale_index != "" or await self.store.ping()
 
     async def close(self) -> None:
         await self.resources.aclose()
@@ -47,14 +48,19 @@ async def build_retrieval_service(settings: Settings, embedder: Embedder | None 
             embedder = await asyncio.to_thread(create_embedder, settings)
         store = create_store(settings)
         stack.push_async_callback(store.close)
+        stale_index = ""
         try:
             await store.open(embedder.dimension)
         except DimensionMismatch as error:
-            raise SystemExit(f"docent: retrieval: {error}") from None
+            # serve anyway, so that an operator can rebuild it through ResetIndex (`docent reindex`); until
+            # then searches and writes answer FAILED_PRECONDITION / INDEX_REBUILD_REQUIRED
+            stale_index = str(error)
+            log.error("vector_store_needs_reindex", detail=stale_index)
         rerank = RerankStage.from_settings(settings)
         stack.push_async_callback(rerank.close)
         log.info("vector_store_open", store=store.name, model=embedder.model_name, dimension=embedder.dimension)
-        service = RetrievalService(RetrievalServicer(settings, store, embedder, rerank), store, stack.pop_all())
+        servicer = RetrievalServicer(settings, store, embedder, rerank, stale_index=stale_index)
+        service = RetrievalService(servicer, store, stack.pop_all())
     return service
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import grpc
 import numpy as np
+import structlog
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -24,7 +25,7 @@ from services.retrieval.store import (
     TurnRecord,
     VectorStore,
 )
-from services.runtime.call_context import current_user_id
+from services.runtime.call_context import current_user_id, require_admin
 from services.runtime.config import Settings
 from services.runtime.embeddings import Embedder
 from services.runtime.errors import FailedPrecondition, InvalidArgument
@@ -35,6 +36,9 @@ CACHE_SIZE = 2048
 QUERY_BATCH = 16
 _SOURCE_TO_PB = {Source.DOCUMENTS: retrieval_pb2.SEARCH_SOURCE_DOCUMENTS,
                  Source.CHAT_HISTORY: retrieval_pb2.SEARCH_SOURCE_CHAT_HISTORY}
+
+
+log = structlog.get_logger("docent.retrieval")
 
 
 class QueryEmbeddingCache:
@@ -123,12 +127,30 @@ def _result(item: MergedItem) -> retrieval_pb2.SearchResult:
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
-    def __init__(self, settings: Settings, store: VectorStore, embedder: Embedder, rerank: RerankStage) -> None:
+    def __init__(self, settings: Settings, store: VectorStore, embedder: Embedder, rerank: RerankStage, *,
+                 stale_index: str = "") -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
         self.cache = QueryEmbeddingCache(embedder)
         self.rerank = rerank
+        # why the store cannot serve the loaded model (vectors of another size) until ResetIndex, else ""
+        self.stale_index = stale_index
+
+    def _require_current_index(self) -> None:
+        if self.stale_index:
+            raise FailedPrecondition(self.stale_index, reason="INDEX_REBUILD_REQUIRED")
+
+    # maintenance --------------------------------------------------------------------------------
+
+    async def ResetIndex(self, request: retrieval_pb2.ResetIndexRequest, context: grpc.aio.ServicerContext):
+        require_admin()
+        await self.store.reset(self.embedder.dimension)
+        self.stale_index = ""
+        log.warning("index_reset", store=self.store.name, model=self.embedder.model_name,
+                    dimension=self.embedder.dimension)
+        return retrieval_pb2.ResetIndexResponse(embedding_model=self.embedder.model_name,
+                                                dimension=self.embedder.dimension, vector_store=self.store.name)
 
     # search -------------------------------------------------------------------------------------
 
@@ -149,6 +171,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         return mode == retrieval_pb2.SEARCH_MODE_HYBRID
 
     async def Search(self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext):
+        self._require_current_index()
         user_id = current_user_id()
         query = _require(request.query, "query")
         if len(query) > MAX_QUERY_CHARS:
@@ -222,6 +245,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                     reason="EMBEDDING_DIMENSION_MISMATCH")
 
     async def UpsertChunks(self, request: retrieval_pb2.UpsertChunksRequest, context: grpc.aio.ServicerContext):
+        self._require_current_index()
         user_id = current_user_id()
         document_id = _require(request.document_id, "document_id")
         self._check_vectors([chunk.embedding for chunk in request.chunks], request.embedding_model)
@@ -241,10 +265,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
     async def DeleteDocumentChunks(self, request: retrieval_pb2.DeleteDocumentChunksRequest,
                                    context: grpc.aio.ServicerContext):
+        self._require_current_index()
         await self.store.delete_document(current_user_id(), _require(request.document_id, "document_id"))
         return empty_pb2.Empty()
 
     async def UpsertChatTurn(self, request: retrieval_pb2.UpsertChatTurnRequest, context: grpc.aio.ServicerContext):
+        self._require_current_index()
         user_id = current_user_id()
         turn_id = _require(request.turn_id, "turn_id")
         conversation_id = _require(request.conversation_id, "conversation_id")
@@ -261,5 +287,6 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
     async def DeleteConversationMemory(self, request: retrieval_pb2.DeleteConversationMemoryRequest,
                                        context: grpc.aio.ServicerContext):
+        self._require_current_index()
         await self.store.delete_conversation(current_user_id(), _require(request.conversation_id, "conversation_id"))
         return empty_pb2.Empty()

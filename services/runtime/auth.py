@@ -26,6 +26,9 @@ ISSUER = "docent"
 class Identity:
     user_id: str
     token_id: str
+    # operator tokens (`docent token --admin`, `docent reindex`) may call the maintenance RPCs; the
+    # gateway never issues them
+    admin: bool = False
 
 
 # The example values the repository publishes (.env.example, deploy/k8s/secret.yaml; compose takes
@@ -75,15 +78,21 @@ def _persisted_secret(path: Path) -> str:
     return candidate
 
 
-def mint_token(secret: str, user_id: str, ttl_seconds: int, *, token_id: str | None = None) -> str:
+ADMIN_SCOPE = "admin"
+
+
+def mint_token(secret: str, user_id: str, ttl_seconds: int, *, token_id: str | None = None,
+               admin: bool = False) -> str:
     now = int(time.time())
-    claims = {
+    claims: dict[str, object] = {
         "sub": str(user_id),
         "iss": ISSUER,
         "iat": now,
         "exp": now + int(ttl_seconds),
         "jti": token_id or uuid.uuid4().hex,
     }
+    if admin:
+        claims["scope"] = ADMIN_SCOPE
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -97,7 +106,8 @@ def verify_token(secret: str, token: str) -> Identity:
         raise Unauthenticated("token expired", reason="TOKEN_EXPIRED") from None
     except jwt.InvalidTokenError:
         raise Unauthenticated("invalid token", reason="TOKEN_INVALID") from None
-    return Identity(user_id=str(claims["sub"]), token_id=str(claims.get("jti", "")))
+    return Identity(user_id=str(claims["sub"]), token_id=str(claims.get("jti", "")),
+                    admin=claims.get("scope") == ADMIN_SCOPE)
 
 
 def bearer_token(header_value: str | None) -> str:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from services.runtime.auth import Identity
-from services.runtime.errors import Unauthenticated
+from services.runtime.errors import PermissionDenied, Unauthenticated
 
 identity_var: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("docent_identity", default=None)
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("docent_request_id", default="")
@@ -38,6 +38,15 @@ def current_identity() -> Identity:
     identity = identity_var.get()
     if identity is None:
         raise Unauthenticated("missing bearer token", reason="TOKEN_MISSING")
+    return identity
+
+
+def require_admin() -> Identity:
+    """The caller, who must hold an operator token, for the maintenance RPCs."""
+    identity = current_identity()
+    if not identity.admin:
+        raise PermissionDenied("this is an operator method: call it with a token from `docent token --admin`",
+                               reason="ADMIN_REQUIRED")
     return identity
 
 

@@ -9,11 +9,16 @@ a logged-out token back.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+log = structlog.get_logger("docent.revocation")
 
 KEY_PREFIX = "docent:revoked:"
 
@@ -43,32 +48,48 @@ async def publish_revocations(redis: aioredis.Redis, revocations: Iterable[tuple
 class RevocationList:
     """Answers "was this token id revoked?" for the gRPC services, from the gateway's Redis keys.
 
-    Each answer is cached for `ttl_seconds` (at most `max_entries` of them), so a busy service asks
-    Redis at most once per token per TTL: a logged-out token stops working over gRPC within that
-    time. When Redis does not answer, `is_revoked` raises its connection error instead of guessing
-    "not revoked"; services.runtime.errors.backing_outage maps that to UNAVAILABLE.
+    It keeps the set of revoked token ids in memory and reads it again from Redis (one SCAN of the
+    prefix) at most every `refresh_seconds`, on the request that finds it due: a logged-out token stops
+    working over gRPC within that time, and no request waits on Redis in between.
+
+    When Redis does not answer, the last set read stays in force and the call goes on: revocations
+    published before the outage are still honoured, a logout during it reaches the gRPC services when
+    Redis is back (the gateway publishes again), and a Redis outage does not stop uploads and chats
+    (the queue is not needed to accept them, see docs/RELIABILITY.md). The gateway checks its own
+    table for REST callers, so only a direct gRPC caller holding a token revoked during an outage is
+    let through until Redis answers again.
     """
 
-    def __init__(self, redis_url: str, ttl_seconds: float = 5.0, max_entries: int = 10_000) -> None:
+    def __init__(self, redis_url: str, refresh_seconds: float = 5.0) -> None:
         self._redis = aioredis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-        self._ttl = ttl_seconds
-        self._max = max_entries
-        self._answers: dict[str, tuple[bool, float]] = {}
+        self._refresh_seconds = refresh_seconds
+        self._revoked: frozenset[str] = frozenset()
+        self._due = 0.0  # monotonic time of the next read from Redis
+        self._refreshing = asyncio.Lock()
+        self.last_error: str = ""
 
     async def is_revoked(self, token_id: str) -> bool:
         if not token_id:
             return False
-        now = time.monotonic()
-        cached = self._answers.get(token_id)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        revoked = bool(await self._redis.exists(revocation_key(token_id)))
-        if len(self._answers) >= self._max:
-            self._answers = {key: value for key, value in self._answers.items() if value[1] > now}
-            if len(self._answers) >= self._max:
-                self._answers.clear()
-        self._answers[token_id] = (revoked, now + self._ttl)
-        return revoked
+        if time.monotonic() >= self._due and not self._refreshing.locked():
+            await self._refresh()
+        return token_id in self._revoked
+
+    async def _refresh(self) -> None:
+        async with self._refreshing:
+            try:
+                found = {key.decode()[len(KEY_PREFIX):]
+                         async for key in self._redis.scan_iter(match=KEY_PREFIX + "*", count=1000)}
+            except (RedisError, OSError) as error:
+                if not self.last_error:
+                    log.warning("revocations_unreadable", error=type(error).__name__,
+                                known=len(self._revoked))
+                self.last_error = type(error).__name__
+            else:
+                if self.last_error:
+                    log.info("revocations_readable", known=len(found))
+                self._revoked, self.last_error = frozenset(found), ""
+            self._due = time.monotonic() + self._refresh_seconds
 
     async def close(self) -> None:
         await self._redis.aclose()

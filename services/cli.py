@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_service(args.role)
     if command == "worker":
-        from services.ingest.worker_main import run_worker
+        from services.worker_main import run_worker
 
         return run_worker(queues=args.queues, processes=args.processes, threads=args.threads)
     if command == "migrate":

@@ -6,39 +6,13 @@ import asyncio
 
 from services.runtime.auth import jwt_secret
 from services.runtime.config import Settings, load_settings
-from services.runtime.embedded import find_running_postgres_url, find_running_redis_url
+from services.runtime.embedded import resolve_backing_urls
 from services.runtime.grpc_server import ServiceDefinition, serve
 from services.runtime.logging import configure_logging
 
 # the components that own tables, each with its migrations in services/<component>/migrations/
 # (retrieval keeps no tables); `docent migrate`, `docent up` and the tests apply all of them
 MIGRATION_COMPONENTS = ("gateway", "ingest", "chat")
-
-
-def resolve_backing_urls(settings: Settings, *, database: bool = True, redis: bool = True) -> Settings:
-    """Fill unset URLs from the embedded services that `docent up` runs for this data dir.
-
-    A single service started on its own never starts Postgres/Redis itself (two services would
-    race to own them); it fails fast instead, naming the setting to provide.
-    """
-    updates: dict[str, str] = {}
-    if database and not settings.database_url:
-        url = find_running_postgres_url(settings.data_dir)
-        if not url:
-            raise SystemExit(
-                f"docent: DOCENT_DATABASE_URL is unset and no embedded Postgres runs for {settings.data_dir}; "
-                "start everything with `docent up` or set DOCENT_DATABASE_URL"
-            )
-        updates["database_url"] = url
-    if redis and not settings.redis_url:
-        url = find_running_redis_url(settings.data_dir)
-        if not url:
-            raise SystemExit(
-                f"docent: DOCENT_REDIS_URL is unset and no embedded Redis runs for {settings.data_dir}; "
-                "start everything with `docent up` or set DOCENT_REDIS_URL"
-            )
-        updates["redis_url"] = url
-    return settings.model_copy(update=updates) if updates else settings
 
 
 def service_definition(role: str, settings: Settings) -> ServiceDefinition:

@@ -446,7 +446,7 @@ def test_grace_periods_outlast_the_shutdown_timeouts(monkeypatch) -> None:
 
 def dramatiq_shutdown_timeout(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> float:
     """Seconds Dramatiq waits for running jobs on SIGTERM, as `docent worker` really sets it."""
-    from services.ingest import worker_main
+    from services import worker_main
 
     captured: list[str] = []
 

@@ -7,8 +7,8 @@ import asyncio
 import asyncpg
 
 from services.ingest import states
-from services.runner import resolve_backing_urls
 from services.runtime.config import Settings
+from services.runtime.embedded import resolve_backing_urls
 from services.runtime.queue import create_broker, queue_stats
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import structlog
 
+from services.runtime.config import Settings
 from services.runtime.lifecycle import die_with_parent
 
 log = structlog.get_logger("docent.embedded")
@@ -379,3 +380,29 @@ def find_running_redis_url(data_dir: Path) -> str | None:
     except (FileNotFoundError, ValueError):
         return None
     return embedded.url if _pid_alive(pid) and embedded.socket_path.exists() else None
+
+
+def resolve_backing_urls(settings: Settings, *, database: bool = True, redis: bool = True) -> Settings:
+    """Fill unset URLs from the embedded services that `docent up` runs for this data dir.
+
+    A single service started on its own never starts Postgres/Redis itself (two services would
+    race to own them); it fails fast instead, naming the setting to provide.
+    """
+    updates: dict[str, str] = {}
+    if database and not settings.database_url:
+        url = find_running_postgres_url(settings.data_dir)
+        if not url:
+            raise SystemExit(
+                f"docent: DOCENT_DATABASE_URL is unset and no embedded Postgres runs for {settings.data_dir}; "
+                "start everything with `docent up` or set DOCENT_DATABASE_URL"
+            )
+        updates["database_url"] = url
+    if redis and not settings.redis_url:
+        url = find_running_redis_url(settings.data_dir)
+        if not url:
+            raise SystemExit(
+                f"docent: DOCENT_REDIS_URL is unset and no embedded Redis runs for {settings.data_dir}; "
+                "start everything with `docent up` or set DOCENT_REDIS_URL"
+            )
+        updates["redis_url"] = url
+    return settings.model_copy(update=updates) if updates else settings

@@ -3,7 +3,7 @@
 The gateway owns revocation: it records each logout in its `revoked_tokens` table (its durable
 record) and publishes it here as the key `docent:revoked:<jti>`, which expires when the token does.
 The gRPC services ask Redis, never the gateway's table. The gateway publishes its unexpired
-revocations again when it starts (and every few minutes), so a Redis flush or restart does not bring
+revocations again when it starts (and every 30 s), so a Redis flush or restart does not bring
 a logged-out token back.
 """
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from services.runner import resolve_backing_urls
 from services.runtime.config import load_settings
+from services.runtime.embedded import resolve_backing_urls
 from services.runtime.queue import QUEUES
 
 

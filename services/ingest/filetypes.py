@@ -6,28 +6,22 @@ for half of what they upload, and a PNG renamed to .pdf must not reach the PDF p
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import os
 
-PDF = "application/pdf"
-DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-TXT = "text/plain"
-MD = "text/markdown"
-CSV = "text/csv"
-JSON = "application/json"
+from services.ingest import formats
+from services.ingest.formats import csv_table, json_data, markdown, pdf, text, word
+from services.ingest.formats.base import ZIP_MAGIC, FileType
 
-SUPPORTED_TYPES: dict[str, str] = {PDF: "PDF", DOCX: "DOCX", TXT: "TXT", MD: "MD", CSV: "CSV", JSON: "JSON"}
-_EXTENSIONS = {PDF: ".pdf", DOCX: ".docx", TXT: ".txt", MD: ".md", CSV: ".csv", JSON: ".json"}
-
-_BY_EXTENSION = {
-    ".pdf": PDF, ".docx": DOCX, ".txt": TXT, ".text": TXT, ".md": MD, ".markdown": MD,
-    ".csv": CSV, ".tsv": CSV, ".json": JSON,
-}
-_BY_DECLARED = {
-    PDF: PDF, "application/x-pdf": PDF, DOCX: DOCX, MD: MD, "text/x-markdown": MD, CSV: CSV,
-    "application/csv": CSV, "text/tab-separated-values": CSV, JSON: JSON, "text/json": JSON, TXT: TXT,
-}
+# the MIME types callers name (stored with each document; see services.ingest.formats for all of a type)
+PDF = pdf.MIME
+DOCX = word.MIME
+TXT = text.MIME
+MD = markdown.MIME
+CSV = csv_table.MIME
+JSON = json_data.MIME
+# MIME type -> label of the registered types
+SUPPORTED_TYPES: dict[str, str] = formats.REGISTRY.labels()
 
 # (magic, offset, type named in the error) for common binary uploads we cannot read
 _BINARY_MAGIC: tuple[tuple[bytes, int, str], ...] = (
@@ -52,7 +46,6 @@ _BINARY_MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\x00asm", 0, "application/wasm"),
     (b"SQLite format 3\x00", 0, "application/vnd.sqlite3"),
 )
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _CONTROL_BYTES = frozenset(set(range(0x20)) - {0x09, 0x0A, 0x0C, 0x0D} | {0x7F})
 
@@ -69,11 +62,12 @@ class EmptyFile(ValueError):
 
 
 def extension_for(mime: str) -> str:
-    return _EXTENSIONS.get(mime, "")
+    file_type = formats.REGISTRY.by_mime.get(mime)
+    return file_type.extensions[0] if file_type else ""
 
 
 def _unsupported(kind: str) -> UnsupportedType:
-    supported = ", ".join(SUPPORTED_TYPES.values())
+    supported = ", ".join(formats.REGISTRY.labels().values())
     return UnsupportedType(f"unsupported file type: {kind}; supported: {supported}")
 
 
@@ -91,17 +85,12 @@ def _binary_kind(head: bytes) -> str | None:
     return None
 
 
-def _zip_kind(head: bytes, extension: str) -> str:
-    # The local file headers carry the member names, and Office writers put the part folders
-    # early; with only the first KB visible, trust a .docx name for a zip.
-    if b"word/" in head:
-        return DOCX
+def _zip_kind(head: bytes) -> str:
+    """What a zip no registered format claims is, to name it in the error."""
     if b"xl/" in head:
         return "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     if b"ppt/" in head:
         return "application/vnd.openxmlformats-officedocument.presentationml.presentation"
-    if extension == ".docx":
-        return DOCX
     if b"mimetypeapplication/vnd.oasis.opendocument" in head:
         return "application/vnd.oasis.opendocument"
     return "application/zip"
@@ -126,19 +115,6 @@ def _looks_binary(head: bytes) -> bool:
     return controls > len(head) // 100 or high > len(head) * 3 // 10
 
 
-def _looks_like_json(head: bytes) -> bool:
-    text = head.lstrip()
-    if not text.startswith((b"{", b"[")):
-        return False
-    try:
-        json.loads(head.decode("utf-8-sig"))
-        return True
-    except (UnicodeDecodeError, ValueError):
-        pass
-    # a truncated head of a large object: `{"key"` is JSON-shaped enough; `[1] Introduction` is not
-    return len(head) >= 4096 and text.startswith(b"{") and text[1:].lstrip().startswith(b'"')
-
-
 def _declared(declared: str | None) -> str:
     return (declared or "").split(";")[0].strip().lower()
 
@@ -147,36 +123,32 @@ def detect_type(filename: str, declared: str | None, head: bytes) -> str:
     """Return the canonical MIME type of an upload, or raise UnsupportedType / EmptyFile."""
     if not head:
         raise EmptyFile()
+    registry = formats.REGISTRY
     extension = os.path.splitext(filename or "")[1].lower()
     declared_type = _declared(declared)
-    hinted = _BY_EXTENSION.get(extension) or _BY_DECLARED.get(declared_type)
+    hinted: FileType | None = registry.by_extension.get(extension) or registry.by_declared.get(declared_type)
+    named_as_text = hinted is not None and not hinted.binary
 
-    # readers accept junk before the header; a text file merely mentioning "%PDF-" is not a PDF
-    if head.startswith(b"%PDF-") or (b"%PDF-" in head[:1024] and hinted not in (TXT, MD, CSV, JSON)):
-        return PDF
-    if head.startswith(_ZIP_MAGIC):
-        kind = _zip_kind(head, extension)
-        if kind == DOCX:
-            return DOCX
-        raise _unsupported(kind)
+    for file_type in registry.file_types:
+        if file_type.signature is not None and file_type.signature(head, extension, named_as_text):
+            return file_type.mime
+    if head.startswith(ZIP_MAGIC):
+        raise _unsupported(_zip_kind(head))
     binary_kind = _binary_kind(head)
     if binary_kind is not None:
         raise _unsupported(binary_kind)
-    # Named as a PDF/DOCX but without its signature: let the parser say the file is damaged,
+    # Named as a binary format but without its signature: let the parser say the file is damaged,
     # which is what a user with a broken PDF needs to hear.
-    if hinted in (PDF, DOCX):
-        return hinted
+    if hinted is not None and hinted.binary:
+        return hinted.mime
     if _looks_binary(head):
         guessed = declared_type if declared_type and declared_type != "application/octet-stream" else None
         guessed = guessed or mimetypes.guess_type(filename or "")[0] or "application/octet-stream (binary data)"
         raise _unsupported(guessed)
 
-    by_extension = _BY_EXTENSION.get(extension)
-    if by_extension is not None:
-        return by_extension
-    by_declared = _BY_DECLARED.get(declared_type)
-    if by_declared is not None:
-        return by_declared
-    if _looks_like_json(head):
-        return JSON
-    return TXT
+    if hinted is not None:
+        return hinted.mime
+    for file_type in registry.file_types:
+        if file_type.sniff is not None and file_type.sniff(head):
+            return file_type.mime
+    return registry.fallback.mime

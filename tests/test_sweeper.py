@@ -141,3 +141,11 @@ async def test_each_pass_has_its_own_lock(swept) -> None:
         finally:
             await other_sweeper.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK_KEY)
     assert (await sweep_once(settings, pool, enqueuer))["requeued"] == 1
+
+
+async def test_the_sweeper_refuses_to_start_on_a_schema_behind_its_passes(backing) -> None:
+    url = await create_database(backing.database_url, migrated=False)
+    await db.migrate(url, ["ingest"])  # chat's tables are missing
+    settings = make_settings(backing, database_url=url)
+    with pytest.raises(SystemExit, match="docent: chat: the database schema is behind"):
+        await sweeps.sweep_forever(SWEEP_PASSES, settings, asyncio.Event())

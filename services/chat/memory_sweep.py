@@ -27,4 +27,4 @@ async def sweep_memory(conn: asyncpg.Connection, context: SweepContext) -> dict[
     return {"turns": len(turns)}
 
 
-MEMORY_SWEEP = SweepPass("chat_memory", MEMORY_SWEEP_LOCK_KEY, sweep_memory)
+MEMORY_SWEEP = SweepPass("chat_memory", "chat", MEMORY_SWEEP_LOCK_KEY, sweep_memory)

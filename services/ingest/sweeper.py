@@ -46,4 +46,4 @@ async def sweep_documents(conn: asyncpg.Connection, context: SweepContext) -> di
     return {"requeued": len(lost), "recovered": len(expired) - failed, "failed": failed}
 
 
-DOCUMENT_SWEEP = SweepPass("documents", SWEEP_LOCK_KEY, sweep_documents)
+DOCUMENT_SWEEP = SweepPass("documents", "ingest", SWEEP_LOCK_KEY, sweep_documents)

@@ -2,7 +2,8 @@
 
 Each component registers the passes that repair its own data (`SweepPass`); the process that runs
 them (services/sweeper.py) is started beside the workers, as a Dramatiq fork function of each
-`docent worker`, or as a child of its own under `docent up`. Several sweepers are safe: each pass
+`docent worker`, or as a child of its own under `docent up`. It refuses to start while the schema
+of a pass's component is behind (`docent migrate` first). Several sweepers are safe: each pass
 runs under its own Postgres advisory lock, and a pass that another sweeper is running is skipped.
 Every round also refreshes the queue-depth gauges and logs `sweep` with the passes' counts when
 any of them did something.
@@ -20,6 +21,7 @@ import structlog
 
 from services.runtime import metrics
 from services.runtime.config import Settings, load_settings
+from services.runtime.db import require_migrated
 from services.runtime.lifecycle import die_with_parent
 from services.runtime.logging import configure_logging
 from services.runtime.queue import Enqueuer, queue_stats
@@ -41,9 +43,11 @@ class SweepContext:
 
 @dataclass(frozen=True)
 class SweepPass:
-    """One component's repair pass: `run` gets a connection that holds `lock_key` and returns named counts."""
+    """A component's repair pass on its own tables: `run` gets a connection that holds `lock_key` and
+    returns named counts."""
 
     name: str
+    component: str
     lock_key: int
     run: Callable[[asyncpg.Connection, SweepContext], Awaitable[dict[str, int]]]
 
@@ -79,6 +83,8 @@ async def sweep_forever(passes: Sequence[SweepPass], settings: Settings, stop: a
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
     enqueuer = Enqueuer(settings.redis_url or "")
     try:
+        for component in dict.fromkeys(sweep.component for sweep in passes):
+            await require_migrated(pool, component)
         while not stop.is_set():
             try:
                 await sweep_once(passes, settings, pool, enqueuer)

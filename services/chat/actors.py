@@ -35,7 +35,6 @@ def memory_text(query: str, answer: str) -> str:
 async def index_turn(resources: WorkerResources, turn_id: str) -> str:
     """The work of `index_chat_turn`; returns what happened (indexed, already_indexed, gone)."""
     pool = resources.pool
-    assert pool is not None and resources.retrieval is not None
     row = await conversations.turn_to_index(pool, turn_id)
     if row is None:
         log.info("memory_turn_gone", turn_id=turn_id)
@@ -64,7 +63,6 @@ async def index_turn(resources: WorkerResources, turn_id: str) -> str:
 
 
 async def _forget(resources: WorkerResources, user_id: str, conversation_id: str) -> None:
-    assert resources.retrieval is not None and resources.pool is not None
     if await resources.pool.fetchval("SELECT 1 FROM conversations WHERE id = $1", conversations.parse_uuid(
             conversation_id)):
         return  # only the turn is gone (not a path the service takes today): keep the conversation's memory

@@ -41,7 +41,7 @@ async def process_document(document_id: str) -> None:
                                     f"processing failed after {retries + 1} attempts: {reason}",
                                     pipeline.RETRIES_EXHAUSTED)
                 return
-            await pipeline.release(resources.pool, document_id, reason)  # type: ignore[arg-type]
+            await pipeline.release(resources.pool, document_id, reason)
         except Exception:
             log.warning("document_state_update_failed", document_id=document_id)  # the sweeper recovers it
         raise

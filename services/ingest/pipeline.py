@@ -113,7 +113,6 @@ async def release(pool: asyncpg.Pool, document_id: str, reason: str) -> None:
 
 async def fail(resources: WorkerResources, document_id: str, message: str, reason: str) -> None:
     ident = documents.parse_uuid(document_id)
-    assert resources.pool is not None
     row = None if ident is None else await states.fail(resources.pool, ident, message, reason)
     if row is not None:
         log.info("document_failed", document_id=document_id, error=message, reason=reason)
@@ -122,7 +121,6 @@ async def fail(resources: WorkerResources, document_id: str, message: str, reaso
 
 
 async def _remove_vectors(resources: WorkerResources, user_id: str, document_id: str) -> None:
-    assert resources.retrieval is not None
     try:
         await resources.retrieval.DeleteDocumentChunks(
             retrieval_pb2.DeleteDocumentChunksRequest(document_id=document_id), **resources.call_options_for(user_id))
@@ -143,7 +141,6 @@ def _parse_and_chunk(content: bytes, mime_type: str, pages_seen: list[int], ocr:
 async def process_document(resources: WorkerResources, document_id: str) -> str | None:
     """Run the pipeline for one document; returns its final status, or None when there was nothing to do."""
     pool = resources.pool
-    assert pool is not None and resources.retrieval is not None
     lease = resources.settings.lease_seconds
     claimed = await claim(pool, document_id, lease)
     if claimed is None:
@@ -163,7 +160,6 @@ async def process_document(resources: WorkerResources, document_id: str) -> str 
 
 async def _run(resources: WorkerResources, claimed: Claim) -> str:
     pool = resources.pool
-    assert pool is not None
     document_id = str(claimed.id)
     started = time.perf_counter()
     bound = log.bind(document_id=document_id, attempt=claimed.attempts)
@@ -252,7 +248,6 @@ def _take(iterator: Iterator[Chunk], count: int) -> list[Chunk]:
 
 async def _upsert(resources: WorkerResources, claimed: Claim, chunks: list[retrieval_pb2.Chunk], model: str,
                   document_chunk_count: int) -> None:
-    assert resources.retrieval is not None
     request = retrieval_pb2.UpsertChunksRequest(
         document_id=str(claimed.id), filename=claimed.filename, chunks=chunks, embedding_model=model,
         document_chunk_count=document_chunk_count)

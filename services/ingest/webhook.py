@@ -61,7 +61,6 @@ async def deliver_webhook(resources: WorkerResources, row: asyncpg.Record) -> bo
             try:
                 reply = await client.post(url, content=body, headers=headers)
                 if reply.status_code < 300:
-                    assert resources.pool is not None
                     await states.mark_webhook_sent(resources.pool, row["id"])
                     return True
                 log.warning("webhook_rejected", url=url, status=reply.status_code, attempt=attempt)

@@ -1,6 +1,6 @@
 """Merging document hits and chat-history hits by weight.
 
-The rules (DESIGN.md, "merging documents and chat history by weight"):
+The rules:
 - each source's share of top_k is its weight (0.7 / 0.3 of 10 gives 7 + 3 slots);
 - candidates under the source's minimum relevance are dropped;
 - slots a source cannot fill with relevant hits go to the other source (never to a source

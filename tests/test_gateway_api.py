@@ -8,9 +8,12 @@ import asyncio
 import json
 import uuid
 
+import grpc
 import httpx
 import pytest
 
+from docent.v1 import ingest_pb2, ingest_pb2_grpc
+from services.ingest.formats import REGISTRY
 from tests.conftest import TESTDATA
 from tests.stack import start_up
 
@@ -22,14 +25,19 @@ SOURCE_FIELDS = {"document_id", "filename", "chunk_index", "relevance_score", "p
 
 
 @pytest.fixture(scope="module")
-def stack():
+def up():
     up = start_up({"DOCENT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)})
     try:
         up.wait_for("Docent is up", 180)
         up.track_descendants()
-        yield f"http://127.0.0.1:{up.ports['gateway']}"
+        yield up
     finally:
         up.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(up):
+    return f"http://127.0.0.1:{up.ports['gateway']}"
 
 
 class User:
@@ -125,6 +133,47 @@ async def test_document_endpoints(alice, alice_document) -> None:
             reply = await alice.request(method, path)
             assert reply.status_code == 404, (method, path)
             assert reply.json()["reason"] == "DOCUMENT_NOT_FOUND" and reply.json()["detail"]
+
+
+def ingest_calls(up, method: str) -> float:
+    """How many times the ingest service has answered `method` (its Prometheus counter)."""
+    text = httpx.get(f"http://127.0.0.1:{up.ports['ingest_metrics']}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("docent_grpc_requests_total{") and f"/IngestService/{method}\"" in line)
+
+
+async def test_file_types_are_the_ingest_registry(up, client, alice) -> None:
+    registered = [(t.mime, t.label, list(t.extensions)) for t in REGISTRY.file_types]
+
+    # the RPC: authenticated like every other, the registry in its order
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{up.ports['ingest']}") as channel:
+        ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+        reply = await ingest.ListFileTypes(ingest_pb2.ListFileTypesRequest(), timeout=10,
+                                           metadata=(("authorization", alice.headers["Authorization"]),))
+        assert [(t.mime_type, t.label, list(t.extensions)) for t in reply.file_types] == registered
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await ingest.ListFileTypes(ingest_pb2.ListFileTypesRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # the REST endpoint: the same list; kept by the gateway, so a second page load makes no gRPC call
+    before = ingest_calls(up, "ListFileTypes")
+    first = await alice.request("GET", "/api/file-types")
+    assert first.status_code == 200, first.text
+    assert first.json() == {"file_types": [{"mime_type": mime, "label": label, "extensions": extensions}
+                                           for mime, label, extensions in registered]}
+    assert first.headers["cache-control"] == "private, max-age=60"
+    second = await (await new_user(client)).request("GET", "/api/file-types")
+    assert second.status_code == 200 and second.json() == first.json()
+    assert ingest_calls(up, "ListFileTypes") - before <= 1
+    unauthenticated = await client.get("/api/file-types")
+    assert unauthenticated.status_code == 401
+
+    # the page's built-in list (its fallback when the call fails) offers only registered types
+    page = (await client.get("/")).text
+    accept = page.split('accept="', 1)[1].split('"', 1)[0].split(",")
+    assert set(accept) <= set(REGISTRY.by_extension)
+    assert all(label in {t.label for t in REGISTRY.file_types} for label in
+               page.split('class="dropzone-hint">', 1)[1].split("<", 1)[0].split(", "))
 
 
 async def test_bad_uploads(alice) -> None:

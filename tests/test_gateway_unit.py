@@ -1,5 +1,5 @@
 """Gateway pieces that need no services: status mapping, SSE framing, the sign-in limiter, REST shapes,
-the upload size guard."""
+the upload size guard, the file-types cache."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from google.protobuf import timestamp_pb2
 from docent.v1 import chat_pb2, ingest_pb2, retrieval_pb2
 from services.gateway.errors import from_rpc
 from services.gateway.middleware import MULTIPART_SLACK_BYTES, UploadLimitMiddleware
-from services.gateway.schemas import ChatOut, DocumentEvent, DocumentOut, DocumentStatusOut
+from services.gateway.routes_file_types import FileTypesCache
+from services.gateway.schemas import ChatOut, DocumentEvent, DocumentOut, DocumentStatusOut, FileTypesOut
 from services.gateway.signin_limit import SigninLimiter
 from services.gateway.sse import event, with_heartbeat
 from services.runtime.errors import build_status
@@ -264,3 +265,41 @@ async def test_upload_guard_rejects_oversize_bodies(chunked: bool) -> None:
         assert too_big.json() == {"detail": "file is larger than the 1000 byte limit", "reason": "FILE_TOO_LARGE"}
         other = await client.post("/api/chat/", content=body(limit + 1))
         assert other.status_code == 202  # only uploads are guarded
+
+
+def _file_types() -> ingest_pb2.ListFileTypesResponse:
+    return ingest_pb2.ListFileTypesResponse(file_types=[
+        ingest_pb2.FileType(mime_type="application/pdf", label="PDF", extensions=[".pdf"]),
+        ingest_pb2.FileType(mime_type="text/markdown", label="MD", extensions=[".md", ".markdown"])])
+
+
+def test_file_types_json() -> None:
+    assert FileTypesOut.from_proto(_file_types()).model_dump() == {"file_types": [
+        {"mime_type": "application/pdf", "label": "PDF", "extensions": [".pdf"]},
+        {"mime_type": "text/markdown", "label": "MD", "extensions": [".md", ".markdown"]}]}
+
+
+async def test_file_types_cache_keeps_an_answer_for_its_ttl_and_never_a_failure() -> None:
+    now = [0.0]
+    cache = FileTypesCache(60, clock=lambda: now[0])
+    calls = 0
+
+    async def fetch() -> FileTypesOut:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        return FileTypesOut.from_proto(_file_types())
+
+    async def broken() -> FileTypesOut:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+
+    with pytest.raises(grpc.aio.AioRpcError):
+        await cache.get(broken)
+    answers = await asyncio.gather(*(cache.get(fetch) for _ in range(5)))  # concurrent misses: one call
+    assert calls == 1 and all(answer is answers[0] for answer in answers)
+    now[0] = 59.0
+    assert await cache.get(broken) is answers[0] and calls == 1
+    now[0] = 61.0
+    with pytest.raises(grpc.aio.AioRpcError):
+        await cache.get(broken)  # expired, and the failure is not kept
+    assert (await cache.get(fetch)) == answers[0] and calls == 2

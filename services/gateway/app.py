@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.gateway import accounts, routes_chat, routes_upload
+from services.gateway import accounts, routes_chat, routes_file_types, routes_upload
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware, UploadLimitMiddleware
 from services.gateway.schemas import HealthOut, ReadyOut
@@ -66,6 +66,7 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
 
     app.include_router(accounts.router)
     app.include_router(routes_upload.router)
+    app.include_router(routes_file_types.router)
     app.include_router(routes_chat.router)
 
     @app.get("/health", tags=["ops"], response_model=HealthOut)

@@ -40,7 +40,7 @@ async def _upload_messages(file: UploadFile) -> AsyncIterator[ingest_pb2.UploadD
                         413: {"description": "larger than DOCENT_MAX_UPLOAD_BYTES"},
                         415: {"description": "unsupported file type"}})
 async def upload(caller: CallerDep, state: StateDep,
-                 file: Annotated[UploadFile, File(description="the document (PDF, DOCX, TXT, MD, CSV, JSON)")]
+                 file: Annotated[UploadFile, File(description="the document, of a type GET /api/file-types lists")]
                  ) -> DocumentOut:
     """Store the file and queue its processing; returns at once (202) with status `pending`."""
     reply = await state.ingest.UploadDocument(_upload_messages(file), **state.options(caller))

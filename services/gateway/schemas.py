@@ -182,6 +182,29 @@ class DocumentEvent(DocumentStatusOut):
                    document=DocumentOut.from_proto(document))
 
 
+class FileTypeOut(BaseModel):
+    """One file type uploads may have, as the ingest service's format registry declares it."""
+
+    mime_type: str = Field(description="the canonical MIME type, as in a document's `mime_type`")
+    label: str = Field(description='how users see it, e.g. "PDF"')
+    extensions: list[str] = Field(description='lower case with the leading dot (".pdf"); the first is the canonical '
+                                              "one")
+
+    @classmethod
+    def from_proto(cls, file_type: ingest_pb2.FileType) -> FileTypeOut:
+        return cls(mime_type=file_type.mime_type, label=file_type.label, extensions=list(file_type.extensions))
+
+
+class FileTypesOut(BaseModel):
+    """GET /api/file-types: what the upload picker offers."""
+
+    file_types: list[FileTypeOut] = Field(description="in the registry's order")
+
+    @classmethod
+    def from_proto(cls, reply: ingest_pb2.ListFileTypesResponse) -> FileTypesOut:
+        return cls(file_types=[FileTypeOut.from_proto(file_type) for file_type in reply.file_types])
+
+
 # chat --------------------------------------------------------------------------------------------
 
 class Weights(BaseModel):

@@ -14,7 +14,7 @@ import structlog
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from docent.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from services.ingest import documents, states
+from services.ingest import documents, formats, states
 from services.ingest.events import DocumentEvents
 from services.ingest.filetypes import EmptyFile, UnsupportedType, detect_type
 from services.ingest.webhook_target import refused_reason
@@ -144,6 +144,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.ListDocumentsResponse(
             documents=[documents.to_pb(row) for row in rows],
             next_page_token=next_cursor.encode() if next_cursor else "", total_size=total)
+
+    async def ListFileTypes(self, request: ingest_pb2.ListFileTypesRequest,
+                            context: grpc.aio.ServicerContext) -> ingest_pb2.ListFileTypesResponse:
+        """The registered file types in registration order (authenticated like every RPC, the same for all users)."""
+        return ingest_pb2.ListFileTypesResponse(file_types=[
+            ingest_pb2.FileType(mime_type=file_type.mime, label=file_type.label, extensions=file_type.extensions)
+            for file_type in formats.REGISTRY.file_types])
 
     async def DeleteDocument(self, request: ingest_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext):
         user_id = current_user_id()

@@ -28,6 +28,7 @@ async function showApp(user) {
   await Promise.allSettled([
     documents.load().catch((failure) => toast(`Documents: ${failure.message}`, 'error')),
     chat.loadConversations(),
+    documents.loadFileTypes(),
   ]);
   chat.refreshWelcome();
   $('#question').focus();

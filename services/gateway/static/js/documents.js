@@ -42,6 +42,7 @@ export class DocumentsPanel {
     this.onChange = onChange;
     this.watchSlot = limiter(MAX_WATCHES);
     this.uploadSlot = limiter(MAX_UPLOADS);
+    this.fileTypesLoaded = false;
     this.bindDropzone();
   }
 
@@ -62,6 +63,22 @@ export class DocumentsPanel {
     // a file dropped anywhere else would make the browser navigate away from the app
     window.addEventListener('dragover', (e) => e.preventDefault());
     window.addEventListener('drop', (e) => e.preventDefault());
+  }
+
+  /** The picker's `accept` and the hint under it from GET /api/file-types (the ingest service's registry);
+   *  when the call fails, the static list in index.html stays. */
+  async loadFileTypes() {
+    if (this.fileTypesLoaded) return;
+    try {
+      const { file_types: types } = await request('/api/file-types');
+      const extensions = types.flatMap((type) => type.extensions).filter((ext) => ext.startsWith('.'));
+      if (!extensions.length) return;
+      $('#file-input').accept = extensions.join(',');
+      $('.dropzone-hint', $('#dropzone')).textContent = types.map((type) => type.label).join(', ');
+      this.fileTypesLoaded = true;
+    } catch (failure) {
+      console.warn('file types: keeping the built-in list', failure);
+    }
   }
 
   async load() {

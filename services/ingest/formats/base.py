@@ -24,7 +24,7 @@ class FileType:
 
     mime: str  # the canonical MIME type, stored with the document
     label: str  # how users see it: web UI hints, the "supported: …" of an unsupported-type error
-    extensions: tuple[str, ...]  # lower case with the dot; the first is the one the file picker offers
+    extensions: tuple[str, ...]  # lower case with the dot; the first is the one `extension_for` returns
     aliases: tuple[str, ...] = ()  # other content types clients declare for it
     signature: Signature | None = None
     sniff: Callable[[bytes], bool] | None = None  # a text format recognised by content when nothing names it

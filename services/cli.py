@@ -89,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         from services.runtime.config import load_settings
 
         return asyncio.run(reindex(load_settings()))
-    if command in ("ingest", "docs", "queue"):
+    if command == "queue":
+        import asyncio
+
+        from services.operations import show_queue
+        from services.runtime.config import load_settings
+
+        return asyncio.run(show_queue(load_settings()))
+    if command in ("ingest", "docs"):
         from services.ingest import cli as ingest_cli
 
         return ingest_cli.main(args)

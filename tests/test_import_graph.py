@@ -6,7 +6,7 @@ Read from the source (every import statement, including those inside functions):
 - `services.runtime` imports no service;
 - no import cycle between modules of `services`.
 The composition roots (services/cli.py, runner.py, supervisor.py, worker.py, worker_main.py,
-sweeper.py, reindex.py, devstack.py, children.py) and the evaluation client may import services:
+sweeper.py, reindex.py, operations.py, devstack.py, children.py) and the evaluation client may import services:
 they are where the processes are put together.
 """
 

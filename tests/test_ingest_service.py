@@ -179,7 +179,7 @@ async def test_the_worker_keeps_serving_after_bad_files(stack) -> None:
     states = await running.wait_terminal(owner, [bad.document.id, good.document.id], worker=worker)
     assert states[bad.document.id].status == FAILED and states[good.document.id].status == COMPLETED
     # `docent queue` lists the failure with its reason code
-    from services.ingest.operations import queue_report
+    from services.operations import queue_report
 
     report = await queue_report(running.settings)
     assert any(bad.document.id in line and line.endswith("(PDF_INVALID)") for line in report.splitlines())

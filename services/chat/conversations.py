@@ -191,3 +191,8 @@ async def forget_all_memory(pool: asyncpg.Pool) -> list[uuid.UUID]:
         """UPDATE chat_turns SET vector_id = NULL, memory_indexed_at = NULL, memory_sweeps = 0
            RETURNING id""")
     return [row["id"] for row in rows]
+
+
+async def count_unindexed(db: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Turns whose memory is not written yet (`docent queue`)."""
+    return int(await db.fetchval("SELECT count(*) FROM chat_turns WHERE memory_indexed_at IS NULL"))

@@ -63,6 +63,11 @@ class GatewayState:
         pool = None
         if settings.database_url:
             pool = await db.create_pool(settings.database_url, max_size=min(settings.db_pool_max, 10))
+            try:
+                await db.require_migrated(pool, "gateway")
+            except BaseException:
+                await pool.close()
+                raise
         else:
             log.warning("accounts_disabled", why="DOCENT_DATABASE_URL is unset")
         redis = (aioredis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)

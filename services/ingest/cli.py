@@ -1,7 +1,5 @@
-"""Operator and user commands of the ingest side: `docent ingest | docs | queue`.
-
-`ingest` and `docs` are gRPC clients like any other (a token is minted from the local secret for
-the given user); `queue` is an operator tool that reads Redis and Postgres directly.
+"""User commands of the ingest side: `docent ingest | docs`, gRPC clients like any other (a token is
+minted from the local secret for the given user).
 """
 
 from __future__ import annotations
@@ -34,8 +32,6 @@ def main(args: argparse.Namespace) -> int:
         return asyncio.run(ingest(settings, [Path(name) for name in args.files], _user(args), wait=not args.no_wait))
     if args.command == "docs":
         return asyncio.run(list_documents(settings, _user(args)))
-    if args.command == "queue":
-        return asyncio.run(show_queue(settings))
     return 2
 
 
@@ -173,9 +169,3 @@ async def list_documents(settings: Settings, user_id: str) -> int:
         print(f"{document.id}  {created}  {document.filename:<{width}}  {describe(document)}")
     return 0
 
-
-async def show_queue(settings: Settings) -> int:
-    from services.ingest.operations import queue_report
-
-    print(await queue_report(settings))
-    return 0

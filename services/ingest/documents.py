@@ -11,7 +11,7 @@ import uuid
 import asyncpg
 
 from docent.v1 import ingest_pb2
-from services.ingest.states import TERMINAL, Status, mark_enqueued  # noqa: F401  (the servicer reads them here)
+from services.ingest.states import Status
 from services.runtime.names import CHUNKS_COLLECTION
 from services.runtime.pagination import PageCursor, timestamp
 

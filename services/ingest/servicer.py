@@ -112,7 +112,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except Exception as error:  # Redis down: the row is safe in Postgres, the sweeper retries
             log.warning("enqueue_failed", document_id=str(row["id"]), error=type(error).__name__)
             return row
-        await documents.mark_enqueued(self.pool, row["id"], task_id)
+        await states.mark_enqueued(self.pool, row["id"], task_id)
         return await documents.get(self.pool, row["user_id"], str(row["id"])) or row
 
     async def ReindexDocuments(self, request: ingest_pb2.ReindexDocumentsRequest,
@@ -186,7 +186,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     stamp = timestamp_pb2.Timestamp()
                     stamp.GetCurrentTime()
                     yield ingest_pb2.WatchDocumentResponse(document=documents.to_pb(row), event_time=stamp)
-                if row["status"] in documents.TERMINAL:
+                if row["status"] in states.TERMINAL:
                     return
                 try:
                     await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)

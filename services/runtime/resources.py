@@ -21,6 +21,7 @@ from services.runtime.embeddings import Embedder, create_embedder
 from services.runtime.grpc_client import call_options, create_channel
 
 TOKEN_TTL_SECONDS = 600
+WORKER_COMPONENTS = ("ingest", "chat")
 
 
 class WorkerResources:
@@ -40,6 +41,13 @@ class WorkerResources:
     @classmethod
     async def open(cls, settings: Settings) -> WorkerResources:
         pool = await db.create_pool(settings.database_url or "", max_size=4)
+        try:
+            # the actors write the documents (ingest) and the turns' memory (chat)
+            for component in WORKER_COMPONENTS:
+                await db.require_migrated(pool, component)
+        except BaseException:
+            await pool.close()
+            raise
         return cls(settings, pool, create_channel(settings.target("retrieval")))
 
     @classmethod

@@ -4,7 +4,8 @@ Read from the source (every import statement, including those inside functions):
 - ingest, retrieval, chat and gateway import only their own package, `services.runtime` and the
   generated `docent.v1` code;
 - `services.runtime` imports no service;
-- no import cycle between modules of `services`.
+- no import cycle between modules of `services`;
+- a service's SQL names only the tables its own migrations create.
 The composition roots (services/cli.py, runner.py, supervisor.py, worker.py, worker_main.py,
 sweeper.py, reindex.py, operations.py, devstack.py, children.py) and the evaluation client may import services:
 they are where the processes are put together.
@@ -13,6 +14,7 @@ they are where the processes are put together.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,28 @@ def test_the_graph_is_read() -> None:
     """The checks above would pass on an empty graph: prove they see real imports."""
     assert "services.runtime.config" in GRAPH["services.chat.app"]
     assert "services.runtime.grpc_server" in GRAPH["services.ingest.app"]
+
+
+TABLE_OWNERS = {"users": "gateway", "revoked_tokens": "gateway", "documents": "ingest", "document_blobs": "ingest",
+                "conversations": "chat", "chat_turns": "chat"}
+SQL_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(" + "|".join(TABLE_OWNERS) + r")\b")
+
+
+def test_a_service_queries_only_its_own_tables() -> None:
+    """Each table belongs to the service whose migrations create it; no other service's code names it in SQL."""
+    strays = []
+    for name, path in MODULES.items():
+        service = owner(name)
+        if service not in SERVICES and service != "runtime":
+            continue
+        for table in SQL_TABLE.findall(path.read_text()):
+            if TABLE_OWNERS[table] != service:
+                strays.append(f"{name} queries {table} (owned by {TABLE_OWNERS[table]})")
+    assert not strays, "\n".join(strays)
+
+
+def test_each_table_is_created_by_its_owner() -> None:
+    for table, service in TABLE_OWNERS.items():
+        created = [path for path in (SERVICES_DIR / service / "migrations").glob("*.sql")
+                   if re.search(rf"CREATE TABLE\s+{table}\b", path.read_text())]
+        assert created, f"{table} is not created by services/{service}/migrations"

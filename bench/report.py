@@ -7,7 +7,7 @@ from pathlib import Path
 
 TARGETS = {
     "ingest_ratio": 0.85, "ack_p99_ms": 30.0, "chat_p50_ms": 25.0, "chat_p99_ms": 60.0, "chat_req_per_s": 100.0,
-    "store_p50_ms_1m": 10.0, "grpc_overhead_p50_ms": 3.0,
+    "store_p50_ms_1m": 10.0, "grpc_overhead_p50_ms": 3.0, "memory_lag_p99_s": 5.0,
 }
 
 
@@ -38,6 +38,9 @@ def checks(results: dict) -> list[tuple[str, str, str, str]]:
     best = max((level.get("req_per_s", 0) for level in results.get("chat", {}).values()), default=None)
     rows.append(("REST chat throughput (best level)", f"≥ {TARGETS['chat_req_per_s']} req/s", str(best),
                  _verdict(best, TARGETS["chat_req_per_s"], True)))
+    lag = results.get("memory", {}).get("lag", {})
+    rows.append(("chat memory lag p99 (stored → searchable), REST chat load", f"≤ {TARGETS['memory_lag_p99_s']} s",
+                 str(lag.get("lag_p99_s")), _verdict(lag.get("lag_p99_s"), TARGETS["memory_lag_p99_s"], False)))
     search = results.get("search", {}).get("1", {})
     rows.append(("gRPC Search overhead over the server floor, p50, 1 client", f"≤ {TARGETS['grpc_overhead_p50_ms']} ms",
                  str(search.get("overhead_p50_ms")), _verdict(search.get("overhead_p50_ms"),
@@ -73,6 +76,15 @@ def markdown(results: dict, plots: list[str]) -> str:
             parts += ["", f"## {title}", "", f"Corpus: {results.get('corpus', {})}", "",
                       _table(["clients", "p50 ms", "p99 ms", "req/s", "server floor p50 ms", "errors",
                               "server-side breakdown p50 (ms)"], rows)]
+    if results.get("memory"):
+        memory = results["memory"]
+        parts += ["", "## Chat memory", "", "Lag of the turns stored by the REST chat section (bench/memory.py):", "",
+                  "```json", json.dumps(memory.get("lag", {}), indent=1), "```", "",
+                  "Recall of an earlier turn by a later question in another conversation, by what is embedded "
+                  "for the turn (bench/memory_recall.py):", "",
+                  _table(["strategy", "R@1", "R@5", "MRR", "tokens/turn", "embed ms/turn"],
+                         [[name, v["recall_at_1"], v["recall_at_5"], v["mrr"], v["tokens_per_turn"],
+                           v["embed_ms_per_turn"]] for name, v in memory.get("recall", {}).items()])]
     if results.get("scale"):
         parts += ["", "## Store scale (in-process, random 384-d vectors, 50 users)", "",
                   _table(["store", "chunks", "query p50 ms", "p99 ms", "load s", "RSS delta MB"],

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import ingest, scale, search, soak
+from bench import ingest, memory, memory_recall, scale, search, soak
 from services.devstack import DevStack
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,7 +45,11 @@ async def _stack_sections(stack: DevStack, profile: dict, results: dict) -> None
     _say("search: gRPC Search at 1/4/16/64 clients")
     results["search"] = await search.grpc_search(stack, profile["requests"])
     _say("chat: REST chat at 1/4/16/64 clients")
+    chat_started = dt.datetime.now(dt.UTC)
     results["chat"] = await search.rest_chat(stack, profile["chat_requests"])
+    _say("memory: lag of the chat turns just stored; recall of earlier turns by strategy")
+    results["memory"] = {"lag": await memory.lag_since(stack, chat_started),
+                         "recall": await memory_recall.run(list(memory_recall.STRATEGIES))}
     _say("quality: docent eval (manual corpus, test split, through REST)")
     from services.evaluation import runner, suite
 

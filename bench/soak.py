@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import time
 import uuid
@@ -10,10 +11,12 @@ import uuid
 import httpx
 import psutil
 
-from bench import corpus
+from bench import corpus, memory
 from bench.search import QUESTIONS, USERS, user
 from bench.stats import slope, summary
 from services.devstack import DevStack
+from services.runtime.embedded import find_running_redis_url
+from services.runtime.queue import MEMORY_QUEUE, create_broker, waiting_messages
 
 CHAT_CLIENTS = 16
 UPLOAD_INTERVAL_S = 3.0
@@ -56,6 +59,9 @@ async def soak(stack: DevStack, minutes: float) -> dict:
     uploaded: list[str] = []
     samples: list[tuple[float, dict[str, float]]] = []
     files = corpus.small_files(400)
+    memory_depth: list[tuple[float, int]] = []
+    broker = create_broker(find_running_redis_url(stack.data_dir) or "")
+    soak_started = dt.datetime.now(dt.UTC)
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client:
         async def chatter() -> None:
@@ -88,6 +94,8 @@ async def soak(stack: DevStack, minutes: float) -> dict:
         async def sampler() -> None:
             while time.monotonic() < stop_at:
                 samples.append((time.monotonic() - started, await asyncio.to_thread(sample_rss, stack)))
+                memory_depth.append((time.monotonic() - started,
+                                     await asyncio.to_thread(waiting_messages, broker, MEMORY_QUEUE)))
                 await asyncio.sleep(SAMPLE_INTERVAL_S)
 
         await asyncio.gather(sampler(), uploader(), *(chatter() for _ in range(CHAT_CLIENTS)))
@@ -109,7 +117,14 @@ async def soak(stack: DevStack, minutes: float) -> dict:
         trend[role] = {"start_mb": round(ys[0], 1), "end_mb": round(ys[-1], 1), "max_mb": round(max(ys), 1),
                        "slope_mb_per_min_second_half": round(slope(xs[half:], ys[half:]), 2)}
     failed = sum(1 for d in listing if d["processing_status"] == "failed")
+    broker.close()
+    depth_xs, depth_ys = [at / 60 for at, _ in memory_depth], [value for _, value in memory_depth]
+    half = len(depth_ys) // 2
+    memory_queue = {"max": max(depth_ys, default=0), "end": depth_ys[-1] if depth_ys else 0,
+                    "slope_per_min_second_half": round(slope(depth_xs[half:], depth_ys[half:]), 2)
+                    if len(depth_ys) > 3 else None}
     return {"minutes": minutes, "chat": summary(latencies), "chat_req_per_s": round(len(latencies) / (minutes * 60), 1),
             "errors": len(errors), "error_examples": errors[:5], "uploads": len(uploaded),
             "stuck_documents": len(unfinished), "failed_documents": failed, "rss": trend,
+            "memory": await memory.lag_since(stack, soak_started), "memory_queue_waiting": memory_queue,
             "rss_samples": [(round(at, 1), sample) for at, sample in samples]}

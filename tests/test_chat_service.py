@@ -26,13 +26,15 @@ from services.chat.app import chat_service
 from services.chat.local_llm import smollm2_path, start_server
 from services.retrieval.app import retrieval_service
 from services.runtime.errors import error_info
+from services.runtime.queue import Enqueuer
 from services.runtime.resources import WorkerResources
+from services.runtime.sweeps import SweepContext
 from tests.conftest import auth, create_database, free_port, make_settings, running_service
 from tests.test_answerers import REPORT, fake_llm
 
 if dramatiq.broker.global_broker is None:  # the actor module declares its actor on the global broker
     dramatiq.set_broker(StubBroker())
-from services.chat import actors
+from services.chat import actors, memory_sweep, memory_vectors
 
 CHAT_ONLY = retrieval_pb2.SourceWeights(documents=0, chat_history=1)
 
@@ -164,6 +166,68 @@ async def test_the_seed_scenario_fact_follow_up_and_memory(stack: Stack) -> None
     assert remembered[0].chat_turn.turn_id == first.id
     assert remembered[0].chat_turn.assistant_message.startswith("Q3 revenue was $5M")  # markers stripped
     assert "$5M" in recall.answer
+
+
+def queued_memory_message(redis_url: str, turn_id: str) -> list:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        messages = [json.loads(raw) for raw in client.hvals("docent:memory.msgs")]
+    finally:
+        client.close()
+    return next(message["args"] for message in messages if message["args"][0] == turn_id)
+
+
+async def test_memory_is_searchable_at_once_from_the_question_vector_then_refined(stack: Stack,
+                                                                                 monkeypatch) -> None:
+    """The memory message carries the vector Search computed for the standalone question: the turn is
+    searchable with no model run; the full-text embedding follows when the queue is short, or from the
+    memory sweep once it is idle."""
+    user = new_user()
+    await seed(stack, user)
+    first = await ask(stack, user, "What is our Q3 revenue?")
+    turn_id, vector, model = queued_memory_message(stack.redis_url, first.id)
+    assert turn_id == first.id and model == stack.embedder.model_name
+    question_vector = memory_vectors.unpack(vector)
+    assert question_vector.shape == (stack.embedder.dimension,)
+    assert float(question_vector @ stack.embedder.embed([first.standalone_query])[0]) > 0.999
+
+    # a long memory queue: only the question vector is written, and no model runs
+    monkeypatch.setattr(actors, "REFINE_BELOW_WAITING", -1)
+    calls = []
+    monkeypatch.setattr(stack.resources, "embedder", lambda: calls.append(1))
+    assert await actors.index_turn(stack.resources, turn_id, vector, model) == actors.QUESTION_INDEXED
+    assert not calls
+    search = retrieval_pb2.SearchRequest(query="What did we say about Q3 revenue?", weights=CHAT_ONLY)
+    found = chat_items(await stack.retrieval.Search(search, metadata=auth(user), timeout=30))
+    assert [item.chat_turn.turn_id for item in found] == [first.id]
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        row = await conn.fetchrow("SELECT memory_indexed_at, memory_refined_at, memory_indexed_at - created_at AS lag "
+                                  "FROM chat_turns WHERE id = $1", uuid.UUID(first.id))
+        assert row["memory_indexed_at"] is not None and row["memory_refined_at"] is None
+        assert row["lag"].total_seconds() < 30
+        # the memory sweep queues the full-text embedding once the memory queue is idle
+        redis.Redis.from_url(stack.redis_url).delete("docent:memory", "docent:memory.msgs")
+        context = SweepContext(stack.resources.settings.model_copy(update={"sweep_interval_seconds": 0.0}),
+                               Enqueuer(stack.redis_url))
+        try:
+            counts = await memory_sweep.sweep_memory(conn, context)
+        finally:
+            context.enqueuer.close()
+        assert counts["turns_to_refine"] >= 1 and queued_memory_message(stack.redis_url, first.id) == [first.id]
+    finally:
+        await conn.close()
+    monkeypatch.undo()
+    # that message carries no vector: the worker embeds the full text
+    assert await actors.index_turn(stack.resources, first.id) == actors.INDEXED
+    assert await actors.index_turn(stack.resources, first.id, vector, model) == actors.ALREADY_INDEXED
+
+    # a short queue: both steps in one message
+    second = await ask(stack, user, "How many vacation days do employees get?")
+    turn_id, vector, model = queued_memory_message(stack.redis_url, second.id)
+    assert await actors.index_turn(stack.resources, turn_id, vector, model) == actors.INDEXED
+    stored = await get(stack, user, second.conversation_id)
+    assert stored.turns[0].memory_indexed
 
 
 async def test_stream_chat_yields_deltas_then_the_stored_turn(stack: Stack) -> None:

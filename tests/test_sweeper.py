@@ -82,7 +82,8 @@ async def test_expired_leases_are_recovered_or_failed_and_lost_messages_requeued
     assert await pool.fetchval("SELECT enqueued_at > now() - interval '5 seconds' FROM documents WHERE id = $1",
                                just_enqueued)
     # a second pass right away has nothing to do
-    assert await sweep_once(settings, pool, enqueuer) == {"requeued": 0, "recovered": 0, "failed": 0, "turns": 0}
+    assert await sweep_once(settings, pool, enqueuer) == {"requeued": 0, "recovered": 0, "failed": 0, "turns": 0,
+                                                       "turns_to_refine": 0}
 
 
 async def test_unindexed_chat_turns_are_requeued_with_backoff_then_given_up(swept) -> None:
@@ -137,7 +138,7 @@ async def test_each_pass_has_its_own_lock(swept) -> None:
     async with pool.acquire() as other_sweeper:
         await other_sweeper.execute("SELECT pg_advisory_lock($1)", SWEEP_LOCK_KEY)
         try:
-            assert await sweep_once(settings, pool, enqueuer) == {"turns": 0}
+            assert await sweep_once(settings, pool, enqueuer) == {"turns": 0, "turns_to_refine": 0}
         finally:
             await other_sweeper.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK_KEY)
     assert (await sweep_once(settings, pool, enqueuer))["requeued"] == 1

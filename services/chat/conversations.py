@@ -155,15 +155,18 @@ async def turn_to_index(pool: asyncpg.Pool, turn_id: str) -> asyncpg.Record | No
     if ident is None:
         return None
     return await pool.fetchrow(
-        """SELECT id, conversation_id, user_id, query, answer, created_at, vector_id, memory_indexed_at
+        """SELECT id, conversation_id, user_id, query, standalone_query, answer, created_at, vector_id,
+                  memory_indexed_at, memory_refined_at
            FROM chat_turns WHERE id = $1""", ident)
 
 
-async def mark_indexed(pool: asyncpg.Pool, turn_id: uuid.UUID, vector_id: str) -> bool:
-    """Record the memory vector; False when the turn was deleted meanwhile."""
+async def mark_indexed(pool: asyncpg.Pool, turn_id: uuid.UUID, vector_id: str, *, refined: bool) -> bool:
+    """Record the memory vector (`refined`: of the full text, else of the question); False when the turn
+    was deleted meanwhile."""
     updated = await pool.fetchval(
-        """UPDATE chat_turns SET vector_id = $2, memory_indexed_at = coalesce(memory_indexed_at, now())
-           WHERE id = $1 RETURNING 1""", turn_id, vector_id)
+        """UPDATE chat_turns SET vector_id = $2, memory_indexed_at = coalesce(memory_indexed_at, now()),
+                  memory_refined_at = CASE WHEN $3 THEN now() ELSE memory_refined_at END
+           WHERE id = $1 RETURNING 1""", turn_id, vector_id, refined)
     return updated is not None
 
 
@@ -188,7 +191,8 @@ async def take_unindexed_for_sweep(conn: asyncpg.Connection, stale_after: float,
 async def forget_all_memory(pool: asyncpg.Pool) -> list[uuid.UUID]:
     """Every turn of every user loses its memory vector, to be embedded again (`docent reindex`); their ids."""
     rows = await pool.fetch(
-        """UPDATE chat_turns SET vector_id = NULL, memory_indexed_at = NULL, memory_sweeps = 0
+        """UPDATE chat_turns SET vector_id = NULL, memory_indexed_at = NULL, memory_refined_at = NULL,
+                  memory_sweeps = 0
            RETURNING id""")
     return [row["id"] for row in rows]
 
@@ -196,3 +200,34 @@ async def forget_all_memory(pool: asyncpg.Pool) -> list[uuid.UUID]:
 async def count_unindexed(db: asyncpg.Connection | asyncpg.Pool) -> int:
     """Turns whose memory is not written yet (`docent queue`)."""
     return int(await db.fetchval("SELECT count(*) FROM chat_turns WHERE memory_indexed_at IS NULL"))
+
+
+async def take_unrefined_for_sweep(conn: asyncpg.Connection, stale_after: float, max_sweeps: int,
+                                   limit: int) -> list[uuid.UUID]:
+    """Turns searchable by their question's vector only, indexed at least `stale_after` seconds ago,
+    oldest first; counts the try (a turn whose full text never embeds is given up after `max_sweeps`)."""
+    rows = await conn.fetch(
+        """UPDATE chat_turns SET memory_sweeps = memory_sweeps + 1
+           WHERE id IN (SELECT id FROM chat_turns
+                        WHERE memory_indexed_at < now() - make_interval(secs => $1)
+                          AND memory_refined_at IS NULL AND memory_sweeps < $2
+                        ORDER BY created_at LIMIT $3)
+           RETURNING id""",
+        stale_after, max_sweeps, limit)
+    return [row["id"] for row in rows]
+
+
+async def memory_lag_quantiles(db: asyncpg.Connection | asyncpg.Pool, window_seconds: float,
+                               max_sweeps: int) -> dict[str, float]:
+    """Turn stored → memory searchable, in seconds, over the turns indexed in the last `window_seconds`
+    (p50, p99), and the age of the oldest turn still waiting (0 when none is; turns the sweep gave up on,
+    after `max_sweeps` tries, do not count)."""
+    row = await db.fetchrow(
+        """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) AS p50,
+                  percentile_cont(0.99) WITHIN GROUP (ORDER BY lag) AS p99,
+                  (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM chat_turns
+                   WHERE memory_indexed_at IS NULL AND memory_sweeps < $2) AS oldest_waiting
+           FROM (SELECT extract(epoch FROM memory_indexed_at - created_at) AS lag FROM chat_turns
+                 WHERE memory_indexed_at > now() - make_interval(secs => $1)) AS recent""", window_seconds, max_sweeps)
+    return {"p50": float(row["p50"] or 0.0), "p99": float(row["p99"] or 0.0),
+            "oldest_waiting": float(row["oldest_waiting"] or 0.0)}

@@ -27,7 +27,7 @@ import grpc
 import structlog
 
 from docent.v1 import chat_pb2, retrieval_pb2, retrieval_pb2_grpc
-from services.chat import conversations, records
+from services.chat import conversations, memory_vectors, records
 from services.chat.answer import Answerer, AnswerRequest, citations, context_from_search
 from services.chat.history import MAX_TURNS_LOADED, HistoryTurn, within_budget
 from services.chat.rewrite import Rewriter
@@ -97,7 +97,8 @@ class ChatPipeline:
                      token: str) -> retrieval_pb2.SearchResponse:
         request = retrieval_pb2.SearchRequest(
             query=query[:MAX_QUERY_CHARS], top_k=options.top_k, mode=options.mode,
-            document_ids=list(options.document_ids), exclude_conversation_id=exclude_conversation)
+            document_ids=list(options.document_ids), exclude_conversation_id=exclude_conversation,
+            return_query_embedding=True)
         if options.HasField("weights"):
             request.weights.CopyFrom(options.weights)
         try:
@@ -144,7 +145,7 @@ class ChatPipeline:
         row = await self._store(turn, is_new, started)
         if row is None:
             raise conversation_not_found(str(conversation_id))  # deleted while we answered
-        await self._enqueue_memory(str(row["id"]))
+        await self._enqueue_memory(str(row["id"]), found)
         log.info("chat_turn", conversation_id=str(conversation_id), turn_id=str(row["id"]), new_conversation=is_new,
                  history_turns=len(history), documents=len(context.documents), memories=len(context.memories),
                  sources=len(sources), model=turn.model, retrieval_ms=retrieval_ms, answer_ms=answer_ms,
@@ -163,11 +164,14 @@ class ChatPipeline:
         async with self.pool.acquire() as conn:
             return await conversations.store_turn(conn, turn, new_conversation=is_new, before_insert=stamp)
 
-    async def _enqueue_memory(self, turn_id: str) -> None:
-        """A lost enqueue is not an error: the sweeper re-enqueues turns whose memory is not indexed."""
+    async def _enqueue_memory(self, turn_id: str, found: retrieval_pb2.SearchResponse) -> None:
+        """The message carries the standalone question's vector that Search computed: the worker makes the
+        turn searchable with it at once, with no model run (services/chat/actors.py). A lost enqueue is not
+        an error: the sweeper re-enqueues turns whose memory is not indexed."""
         if self.enqueuer is None:
             return
+        vector = memory_vectors.pack(found.query_embedding) if found.query_embedding else ""
         try:
-            await self.enqueuer.enqueue(MEMORY_QUEUE, INDEX_CHAT_TURN, turn_id)
+            await self.enqueuer.enqueue(MEMORY_QUEUE, INDEX_CHAT_TURN, turn_id, vector, found.query_embedding_model)
         except Exception as error:  # Redis down: the turn is safe in Postgres
             log.warning("memory_enqueue_failed", turn_id=turn_id, error=type(error).__name__)

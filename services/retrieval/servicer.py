@@ -219,7 +219,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                        min_score_documents=min_documents if not hybrid else 0.0,
                        min_score_chat_history=min_chat if not hybrid else 0.0)
         done = time.perf_counter()
-        return retrieval_pb2.SearchResponse(
+        response = retrieval_pb2.SearchResponse(
             results=[_result(item) for item in merged.items],
             chat_context_used=merged.chat_context_used,
             weights=retrieval_pb2.SourceWeights(documents=weights.documents, chat_history=weights.chat_history),
@@ -230,6 +230,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             document_slots=merged.document_slots, chat_history_slots=merged.chat_history_slots,
             dropped_below_min_score=merged.dropped_below_min_score,
         )
+        if request.return_query_embedding:
+            response.query_embedding.extend(dense.tolist())
+            response.query_embedding_model = self.embedder.model_name
+        return response
 
     # writes -------------------------------------------------------------------------------------
 

@@ -12,6 +12,13 @@ GRPC_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 QUEUE_DEPTH = Gauge("docent_queue_depth", "Messages waiting in a Dramatiq queue", ["queue"])
+# refreshed by the sweeper from the turns' own timestamps (the memory actors run in Dramatiq worker
+# processes, which export no metrics)
+MEMORY_LAG = Gauge("docent_memory_lag_seconds",
+                   "Chat turn stored → searchable as memory, over the turns indexed in the last minute",
+                   ["quantile"])
+MEMORY_OLDEST_WAITING = Gauge("docent_memory_oldest_waiting_seconds",
+                              "Age of the oldest chat turn whose memory is not written yet (0: none)")
 DOCUMENTS_BY_STATUS = Gauge("docent_documents", "Documents by processing status", ["status"])
 CHILD_RESTARTS = Counter("docent_child_restarts", "Children of `docent up` restarted after they died", ["role"])
 

@@ -58,6 +58,11 @@ class Enqueuer:
         self.broker.close()
 
 
+def waiting_messages(broker: RedisBroker, queue: str) -> int:
+    """Messages waiting in `queue` (not yet fetched by a worker)."""
+    return int(broker.client.llen(f"{NAMESPACE}:{queue}") or 0)
+
+
 def queue_stats(broker: RedisBroker) -> dict[str, dict[str, int]]:
     """Per queue: waiting, delayed (retry backoff), in flight and dead-lettered messages.
 

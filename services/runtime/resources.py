@@ -12,6 +12,7 @@ import time
 
 import asyncpg
 import grpc
+from dramatiq.brokers.redis import RedisBroker
 
 from docent.v1 import retrieval_pb2_grpc
 from services.runtime import db
@@ -19,6 +20,7 @@ from services.runtime.auth import jwt_secret, mint_token
 from services.runtime.config import Settings, load_settings
 from services.runtime.embeddings import Embedder, create_embedder
 from services.runtime.grpc_client import call_options, create_channel
+from services.runtime.queue import create_broker
 
 TOKEN_TTL_SECONDS = 600
 WORKER_COMPONENTS = ("ingest", "chat")
@@ -36,6 +38,8 @@ class WorkerResources:
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(channel)
         # loaded on first use: a worker that only delivers webhooks or forgets memory never needs it
         self._embedder: Embedder | None = None
+        # a broker client to read queue depths (the actors' own broker is Dramatiq's global one)
+        self._broker: RedisBroker | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
 
     @classmethod
@@ -72,6 +76,11 @@ class WorkerResources:
         if instance is not None:
             await instance.close()
 
+    def broker(self) -> RedisBroker:
+        if self._broker is None:
+            self._broker = create_broker(self.settings.redis_url or "")
+        return self._broker
+
     async def embedder(self) -> Embedder:
         if self._embedder is None:
             self._embedder = await asyncio.to_thread(create_embedder, self.settings)
@@ -85,5 +94,7 @@ class WorkerResources:
         return call_options(token, timeout or self.settings.grpc_deadline_seconds)
 
     async def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
         await self.channel.close()
         await self.pool.close()

@@ -5,10 +5,11 @@
    from the Search that answered the turn), the turn is written to the chat-history collection with
    it at once: searchable within milliseconds of being stored, with no model run.
 2. The memory vector is then replaced by the embedding of the full "User: … / Assistant: …" text,
-   which finds the turn better (bench/memory_recall.py, two runs: recall@1 0.78–0.80 against
-   0.76–0.77 for the question alone, recall@5 the same) but costs a model run of up to 256 tokens. It happens in the same message while the memory
-   queue is short (at most REFINE_BELOW_WAITING messages waiting); under load the worker skips it, so
-   memory keeps up, and the memory sweep queues it again once the queue is idle.
+   which finds the turn better (bench/memory_recall.py, three runs: recall@1 0.78–0.80 against
+   0.74–0.77 for the question alone, recall@5 about the same) but costs a model run of up to 256
+   tokens. It happens in the same message while the memory queue is short (at most
+   REFINE_BELOW_WAITING messages waiting); under load the worker skips it, so memory keeps up, and
+   the memory sweep queues it again once the queue is idle.
 The point id derives from the turn id, so each write overwrites the last. A turn that no longer
 exists (its conversation was deleted) is a no-op; a turn deleted while it was being indexed has its
 fresh vector removed again.

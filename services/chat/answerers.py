@@ -8,20 +8,10 @@ implementing `services.chat.answer.Answerer` plus one line in `ANSWERERS` (docs/
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from services.chat.answer import Answerer
 from services.chat.rewrite import Rewriter
 from services.runtime.config import Settings
-
-
-@dataclass(frozen=True)
-class AnswererKind:
-    name: str
-    build: Callable[[Settings], tuple[Answerer, Rewriter]]
-    # chosen by DOCENT_ANSWERER=auto when this is true (the first match wins)
-    auto: Callable[[Settings], bool]
+from services.runtime.registry import Kind, build_chosen
 
 
 def _llm(settings: Settings) -> tuple[Answerer, Rewriter]:
@@ -39,16 +29,11 @@ def _extractive(settings: Settings) -> tuple[Answerer, Rewriter]:
     return ExtractiveAnswerer(), Rewriter()
 
 
-ANSWERERS: tuple[AnswererKind, ...] = (
-    AnswererKind("llm", _llm, auto=lambda settings: bool(settings.llm_base_url)),
-    AnswererKind("extractive", _extractive, auto=lambda settings: True),
+ANSWERERS: tuple[Kind[tuple[Answerer, Rewriter]], ...] = (
+    Kind("llm", _llm, auto=lambda settings: bool(settings.llm_base_url)),
+    Kind("extractive", _extractive, auto=lambda settings: True),
 )
 
 
 def create_answering(settings: Settings) -> tuple[Answerer, Rewriter]:
-    wanted = settings.answerer
-    for kind in ANSWERERS:
-        if kind.name == wanted or (wanted == "auto" and kind.auto(settings)):
-            return kind.build(settings)
-    names = ", ".join(["auto", *(kind.name for kind in ANSWERERS)])
-    raise SystemExit(f"docent: invalid setting DOCENT_ANSWERER={wanted!r}: expected one of {names}")
+    return build_chosen(ANSWERERS, settings.answerer, settings, "DOCENT_ANSWERER")

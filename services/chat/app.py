@@ -59,9 +59,8 @@ class ChatService:
 
 async def build_chat_service(settings: Settings) -> ChatService:
     async with contextlib.AsyncExitStack() as stack:
-        pool = await db.create_pool(settings.database_url or "", max_size=settings.db_pool_max)
+        pool = await db.open_migrated_pool(settings.database_url or "", ["chat"], max_size=settings.db_pool_max)
         stack.push_async_callback(pool.close)
-        await db.require_migrated(pool, "chat")
         enqueuer = Enqueuer(settings.redis_url or "")
         stack.callback(enqueuer.close)
         channel = create_channel(settings.target("retrieval"))

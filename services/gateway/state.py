@@ -62,12 +62,8 @@ class GatewayState:
         channels = {name: create_channel(settings.target(name)) for name in CALLED}  # type: ignore[arg-type]
         pool = None
         if settings.database_url:
-            pool = await db.create_pool(settings.database_url, max_size=min(settings.db_pool_max, 10))
-            try:
-                await db.require_migrated(pool, "gateway")
-            except BaseException:
-                await pool.close()
-                raise
+            pool = await db.open_migrated_pool(settings.database_url, ["gateway"],
+                                               max_size=min(settings.db_pool_max, 10))
         else:
             log.warning("accounts_disabled", why="DOCENT_DATABASE_URL is unset")
         redis = (aioredis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)

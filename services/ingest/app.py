@@ -39,9 +39,8 @@ class IngestService:
 
 async def build_ingest_service(settings: Settings) -> IngestService:
     async with contextlib.AsyncExitStack() as stack:
-        pool = await db.create_pool(settings.database_url or "", max_size=settings.db_pool_max)
+        pool = await db.open_migrated_pool(settings.database_url or "", ["ingest"], max_size=settings.db_pool_max)
         stack.push_async_callback(pool.close)
-        await db.require_migrated(pool, "ingest")
         enqueuer = Enqueuer(settings.redis_url or "")
         stack.callback(enqueuer.close)
         channel = create_channel(settings.target("retrieval"))

@@ -8,19 +8,9 @@ in `STORES` (docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from services.retrieval.store import VectorStore
 from services.runtime.config import Settings
-
-
-@dataclass(frozen=True)
-class StoreKind:
-    name: str
-    build: Callable[[Settings], VectorStore]
-    # chosen by DOCENT_VECTOR_STORE=auto when this is true (the first match wins)
-    auto: Callable[[Settings], bool]
+from services.runtime.registry import Kind, build_chosen
 
 
 def _qdrant_server(settings: Settings) -> VectorStore:
@@ -38,16 +28,11 @@ def _embedded_edge(settings: Settings) -> VectorStore:
     return EdgeStore(settings.data_dir / "vectors")
 
 
-STORES: tuple[StoreKind, ...] = (
-    StoreKind("qdrant", _qdrant_server, auto=lambda settings: bool(settings.qdrant_url)),
-    StoreKind("edge", _embedded_edge, auto=lambda settings: True),
+STORES: tuple[Kind[VectorStore], ...] = (
+    Kind("qdrant", _qdrant_server, auto=lambda settings: bool(settings.qdrant_url)),
+    Kind("edge", _embedded_edge, auto=lambda settings: True),
 )
 
 
 def create_store(settings: Settings) -> VectorStore:
-    wanted = settings.vector_store
-    for kind in STORES:
-        if kind.name == wanted or (wanted == "auto" and kind.auto(settings)):
-            return kind.build(settings)
-    names = ", ".join(["auto", *(kind.name for kind in STORES)])
-    raise SystemExit(f"docent: invalid setting DOCENT_VECTOR_STORE={wanted!r}: expected one of {names}")
+    return build_chosen(STORES, settings.vector_store, settings, "DOCENT_VECTOR_STORE")

@@ -194,6 +194,19 @@ async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
     return pool
 
 
+async def open_migrated_pool(dsn: str, components: Iterable[str], *, max_size: int = 10) -> asyncpg.Pool:
+    """A pool for a process that reads and writes `components`' tables, after checking their schema is
+    current (a process that starts on an older schema stops with one line naming `docent migrate`)."""
+    pool = await create_pool(dsn, max_size=max_size)
+    try:
+        for component in components:
+            await require_migrated(pool, component)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
 async def ping(pool: asyncpg.Pool) -> bool:
     async with pool.acquire(timeout=2) as conn:
         return await conn.fetchval("SELECT 1") == 1

@@ -23,6 +23,7 @@ from services.runtime.grpc_client import call_options, create_channel
 from services.runtime.queue import create_broker
 
 TOKEN_TTL_SECONDS = 600
+# the actors write the documents (ingest) and the turns' memory (chat)
 WORKER_COMPONENTS = ("ingest", "chat")
 
 
@@ -44,14 +45,7 @@ class WorkerResources:
 
     @classmethod
     async def open(cls, settings: Settings) -> WorkerResources:
-        pool = await db.create_pool(settings.database_url or "", max_size=4)
-        try:
-            # the actors write the documents (ingest) and the turns' memory (chat)
-            for component in WORKER_COMPONENTS:
-                await db.require_migrated(pool, component)
-        except BaseException:
-            await pool.close()
-            raise
+        pool = await db.open_migrated_pool(settings.database_url or "", WORKER_COMPONENTS, max_size=4)
         return cls(settings, pool, create_channel(settings.target("retrieval")))
 
     @classmethod

@@ -89,3 +89,30 @@ async def test_reindex_rebuilds_collections_and_requeues_documents_and_turns(bac
     finally:
         enqueuer.close()
         await pool.close()
+
+
+async def test_a_replica_sees_the_index_another_replica_rebuilt(tmp_path, embedder) -> None:
+    """Several retrieval replicas share one Qdrant server; ResetIndex reaches one of them, and the others
+    notice the rebuilt collections at their next readiness check."""
+    from qdrant_client import AsyncQdrantClient
+
+    from services.retrieval.rerank import RerankStage
+    from services.retrieval.servicer import RetrievalServicer
+    from services.retrieval.store import DimensionMismatch
+    from services.retrieval.store_qdrant import QdrantServerStore
+
+    store = QdrantServerStore(AsyncQdrantClient(path=str(tmp_path / "qdrant")))
+    try:
+        await store.open(8)  # built for another model
+        with pytest.raises(DimensionMismatch) as mismatch:
+            await store.open(embedder.dimension)
+        settings = make_settings(data_dir=tmp_path)
+        replica = RetrievalServicer(settings, store, embedder, RerankStage.from_settings(settings),
+                                    stale_index=str(mismatch.value))
+        await replica.recheck_stale_index()
+        assert replica.stale_index  # nothing rebuilt yet
+        await store.reset(embedder.dimension)  # what ResetIndex did on another replica
+        await replica.recheck_stale_index()
+        assert replica.stale_index == ""
+    finally:
+        await store.close()

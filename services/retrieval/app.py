@@ -34,6 +34,7 @@ class RetrievalService:
         retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(self.servicer, server)
 
     async def check_ready(self) -> bool:
+        await self.servicer.recheck_stale_index()
         # a stale index still answers (INDEX_REBUILD_REQUIRED per call) so that `docent reindex` can reach it
         return self.servicer.stale_index != "" or await self.store.ping()
 

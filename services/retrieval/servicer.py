@@ -19,6 +19,7 @@ from services.retrieval.merge import MergedItem, Weights, merge
 from services.retrieval.rerank import RerankStage
 from services.retrieval.store import (
     ChunkRecord,
+    DimensionMismatch,
     Hit,
     SearchFilters,
     Source,
@@ -140,6 +141,18 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     def _require_current_index(self) -> None:
         if self.stale_index:
             raise FailedPrecondition(self.stale_index, reason="INDEX_REBUILD_REQUIRED")
+
+    async def recheck_stale_index(self) -> None:
+        """With several replicas on one Qdrant server, ResetIndex reaches one of them: the others find the
+        collections rebuilt here (called with every readiness check)."""
+        if not self.stale_index or not self.store.shared:
+            return
+        try:
+            await self.store.open(self.embedder.dimension)
+        except DimensionMismatch:
+            return
+        self.stale_index = ""
+        log.warning("index_current_again", store=self.store.name, dimension=self.embedder.dimension)
 
     # maintenance --------------------------------------------------------------------------------
 

@@ -93,6 +93,8 @@ class Hit:
 
 class VectorStore(Protocol):
     name: str
+    # other processes write the same collections (a Qdrant server behind several retrieval replicas)
+    shared: bool
 
     async def open(self, dimension: int) -> None:
         """Create missing collections and indexes; raise DimensionMismatch on another dimension."""

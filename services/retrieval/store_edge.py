@@ -78,6 +78,7 @@ def _vectors(dense: Sequence[float], sparse: SparseVector | None) -> dict[str, o
 
 class EdgeStore:
     name = "qdrant-edge"
+    shared = False  # the embedded engine belongs to this process
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

@@ -64,6 +64,7 @@ def _vectors(dense: Sequence[float], sparse: SparseVector | None) -> dict[str, o
 
 class QdrantServerStore:
     name = "qdrant-server"
+    shared = True
 
     def __init__(self, client: AsyncQdrantClient) -> None:
         self.client = client

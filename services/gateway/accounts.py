@@ -22,7 +22,14 @@ from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, EmailStr, Field, StringConstraints
 
-from services.gateway.errors import ApiError, unauthorized
+from services.gateway.errors import (
+    DATABASE_UNAVAILABLE,
+    INTERNAL,
+    UNAUTHORIZED,
+    ApiError,
+    error_responses,
+    unauthorized,
+)
 from services.gateway.state import Caller, GatewayState, get_state
 from services.runtime.auth import mint_token, verify_token
 from services.runtime.errors import Unauthenticated
@@ -38,15 +45,24 @@ Username = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
 
 
+_USER_EXAMPLE = {"id": "5d2e8f8a-1b7c-4a0e-8f5e-3c9d2a1b0c4d", "email": "ada@example.com", "username": "ada",
+                 "created_at": "2024-05-01T12:00:00.123456Z"}
+
+
 class SignupRequest(BaseModel):
     email: EmailStr
     username: Username
-    password: Password
+    password: Password = Field(description="at least 8 characters")
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"email": "ada@example.com", "username": "ada", "password": "correct horse"}]}}
 
 
 class SigninRequest(BaseModel):
     email: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=320)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+    model_config = {"json_schema_extra": {"examples": [{"email": "ada@example.com", "password": "correct horse"}]}}
 
 
 class UserOut(BaseModel):
@@ -55,16 +71,24 @@ class UserOut(BaseModel):
     username: str
     created_at: dt.datetime
 
+    model_config = {"json_schema_extra": {"examples": [_USER_EXAMPLE]}}
+
 
 class TokenOut(BaseModel):
-    access_token: str
+    access_token: str = Field(description="send as `Authorization: Bearer <access_token>`")
     token_type: str = "bearer"
     expires_in: int = Field(description="seconds until the token expires")
     user: UserOut
 
+    model_config = {"json_schema_extra": {"examples": [
+        {"access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI1ZDJlOGY4YSJ9.c2lnbmF0dXJl",
+         "token_type": "bearer", "expires_in": 86400, "user": _USER_EXAMPLE}]}}
+
 
 class MessageOut(BaseModel):
     message: str
+
+    model_config = {"json_schema_extra": {"examples": [{"message": "Successfully logged out"}]}}
 
 
 def _user_out(row: asyncpg.Record) -> UserOut:
@@ -117,9 +141,11 @@ CallerDep = Annotated[Caller, Depends(current_caller)]
 StateDep = Annotated[GatewayState, Depends(get_state)]
 
 
-@router.post("/signup", status_code=status.HTTP_201_CREATED, response_model=TokenOut,
-             responses={409: {"description": "email already registered"}})
+@router.post("/signup", status_code=status.HTTP_201_CREATED, response_model=TokenOut, operation_id="signUp",
+             responses=error_responses({409: "email already registered (EMAIL_TAKEN)", 500: INTERNAL,
+                                        503: DATABASE_UNAVAILABLE}, validation=True))
 async def signup(body: SignupRequest, state: StateDep) -> TokenOut:
+    """Create an account and sign it in (201 with a token)."""
     pool = state.db()
     email = str(body.email)
     if await pool.fetchval("SELECT 1 FROM users WHERE lower(email) = lower($1)", email):
@@ -135,9 +161,13 @@ async def signup(body: SignupRequest, state: StateDep) -> TokenOut:
     return _token_out(state, row)
 
 
-@router.post("/signin", response_model=TokenOut,
-             responses={401: {"description": "bad credentials"}, 429: {"description": "too many failed attempts"}})
+@router.post("/signin", response_model=TokenOut, operation_id="signIn",
+             responses=error_responses({401: "bad credentials (BAD_CREDENTIALS)",
+                                        429: "too many failed attempts for this email (SIGNIN_RATE_LIMITED); "
+                                             "Retry-After says when to try again",
+                                        500: INTERNAL, 503: DATABASE_UNAVAILABLE}, validation=True))
 async def signin(body: SigninRequest, state: StateDep) -> TokenOut:
+    """A new token for an email and password."""
     limiter = state.signin_limits  # shared by the gateway replicas through Redis
     key = body.email.lower()
     wait = await limiter.retry_after(key)
@@ -157,8 +187,11 @@ async def signin(body: SigninRequest, state: StateDep) -> TokenOut:
     return _token_out(state, row)
 
 
-@router.get("/me", response_model=UserOut)
+@router.get("/me", response_model=UserOut, operation_id="getCurrentUser",
+            responses=error_responses({401: UNAUTHORIZED + "; or no account for the token (USER_NOT_FOUND)",
+                                       500: INTERNAL, 503: DATABASE_UNAVAILABLE}))
 async def me(caller: CallerDep, state: StateDep) -> UserOut:
+    """The signed-in user."""
     try:
         user_id = uuid.UUID(caller.user_id)
     except ValueError:
@@ -169,8 +202,10 @@ async def me(caller: CallerDep, state: StateDep) -> UserOut:
     return _user_out(row)
 
 
-@router.post("/logout", response_model=MessageOut)
+@router.post("/logout", response_model=MessageOut, operation_id="logout",
+             responses=error_responses({401: UNAUTHORIZED, 500: INTERNAL}))
 async def logout(caller: CallerDep, state: StateDep) -> MessageOut:
+    """Revoke the token of this request: it is refused from now on, here and by the services."""
     claims = jwt.decode(caller.token, options={"verify_signature": False})  # verified by current_caller
     expires = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
     if caller.token_id:

@@ -13,18 +13,23 @@ import json
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-from services.gateway import accounts, routes_chat, routes_file_types, routes_upload
-from services.gateway.errors import install_error_handlers
+from services.gateway import accounts, routes_chat, routes_file_types, routes_upload, schemas
+from services.gateway.errors import INTERNAL, error_responses, install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware, UploadLimitMiddleware
 from services.gateway.schemas import HealthOut, ReadyOut
 from services.gateway.state import CALLED, GatewayState, get_state
@@ -36,8 +41,18 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 DESCRIPTION = """REST API of Docent, a self-hosted "chat with your documents" server.
 
 Sign up or sign in under **auth**, then send `Authorization: Bearer <access_token>` (the
-**Authorize** button). Errors are JSON: `{"detail": "...", "reason": "UPPER_SNAKE"}`.
+**Authorize** button). Errors are JSON: `{"detail": "...", "reason": "UPPER_SNAKE"}` (`ErrorOut`; 5xx add
+`request_id`); a 422 has the list of problems in `detail` and `"reason": "VALIDATION_ERROR"`
+(`ValidationErrorOut`). The two server-sent-event routes list their events and the schema of each
+event's data in their description and in `x-sse-events`.
 """
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's operationId when it does not set one: its function's name in camelCase (`list_documents` →
+    `listDocuments`). The API's routes all set theirs (stable names for client generators)."""
+    first, *rest = route.name.split("_")
+    return first + "".join(word[:1].upper() + word[1:] for word in rest)
 
 
 def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
@@ -51,7 +66,7 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
             await state.close()
 
     app = FastAPI(title="Docent", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None,
+                  docs_url=None, redoc_url=None, generate_unique_id_function=operation_id,
                   openapi_tags=[{"name": "auth"}, {"name": "documents"}, {"name": "chat"}, {"name": "ops"}])
 
     # outermost last: request context sees everything; CORS headers reach the early 413 too
@@ -69,13 +84,17 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
     app.include_router(routes_file_types.router)
     app.include_router(routes_chat.router)
 
-    @app.get("/health", tags=["ops"], response_model=HealthOut)
+    @app.get("/health", tags=["ops"], response_model=HealthOut, operation_id="getHealth",
+             responses=error_responses({500: INTERNAL}))
     async def health() -> HealthOut:
         """Liveness: the gateway process answers."""
         return HealthOut(status="ok")
 
     @app.get("/ready", tags=["ops"], response_model=ReadyOut, response_model_exclude_none=True,
-             responses={503: {"model": ReadyOut, "description": "an upstream or the database is not serving"}})
+             operation_id="getReadiness",
+             responses={**error_responses({500: INTERNAL}),
+                        # not an error body: the same readiness report, saying what is not serving
+                        503: {"model": ReadyOut, "description": "an upstream or the database is not serving"}})
     async def ready(request: Request, response: Response) -> ReadyOut:
         """Readiness: the services the gateway calls (ingest, chat) report SERVING and the accounts database
         answers. Under `docent up`, `children` has the state of every role; one that is restarting makes the
@@ -120,6 +139,7 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    _install_openapi(app)
     _install_docs(app)
     # the web UI; last, so that it never shadows an API route
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
@@ -134,6 +154,35 @@ def supervised_children(data_dir: Path) -> dict[str, str] | None:
         return {role: str(entry["state"]) for role, entry in status["roles"].items()}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """FastAPI's document, plus the schemas it refers to that no JSON route returns (schemas.EXTRA_SCHEMAS:
+    the data of SSE events, the sub-objects of a context item), and the examples with their nulls."""
+    generate = app.openapi
+    _, extra = models_json_schema([(model, "serialization") for model in schemas.EXTRA_SCHEMAS],
+                                  ref_template="#/components/schemas/{model}")
+    examples = {model.__name__: model.model_config["json_schema_extra"]["examples"]  # type: ignore[index]
+                for model in _models(accounts, schemas)
+                if isinstance(model.model_config.get("json_schema_extra"), dict)}
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # FastAPI's, cached by FastAPI until the routes change; completed in place, idempotently
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in extra.get("$defs", {}).items():
+            components.setdefault(name, definition)
+        # FastAPI drops every null from its document, the nulls of the models' examples too: put them back
+        for name, model_examples in examples.items():
+            if name in components:
+                components[name]["examples"] = model_examples
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _models(*modules: ModuleType) -> list[type[BaseModel]]:
+    return [value for module in modules for value in vars(module).values()
+            if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__]
 
 
 def _install_docs(app: FastAPI) -> None:

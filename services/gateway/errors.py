@@ -9,15 +9,19 @@ INTERNAL/UNKNOWN become a generic message with the request id.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import grpc
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway.request_context import request_id, request_upstream
+from services.gateway.schemas import ErrorOut, ValidationErrorOut
 from services.runtime.errors import DocentError, error_info
 
 log = structlog.get_logger("docent.gateway")
@@ -67,6 +71,27 @@ class ApiError(Exception):
         return JSONResponse(self.body(request_id), status_code=self.status_code, headers=self.headers or None)
 
 
+# OpenAPI: the error responses of the operations (`responses=error_responses(...)`), all with the ErrorOut body
+# (422: ValidationErrorOut). tests/test_openapi.py checks that every error response of every route has one.
+UNAUTHORIZED = "missing, invalid, expired or revoked token (TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED, TOKEN_REVOKED)"
+INTERNAL = "an unexpected failure (INTERNAL); the body has the request id"
+UPSTREAM_UNAVAILABLE = ("an upstream service or its backing store is not available (UPSTREAM_UNAVAILABLE, "
+                        "LLM_UNAVAILABLE, ...); Retry-After says when to try again")
+UPSTREAM_TIMEOUT = "the upstream service did not answer in time (DEADLINE_EXCEEDED)"
+DATABASE_UNAVAILABLE = "the accounts database is not available (DATABASE_UNAVAILABLE)"
+VALIDATION = "the parameters or the body do not match the schema (VALIDATION_ERROR); `detail` lists each problem"
+
+
+def error_responses(errors: dict[int, str], validation: bool = False) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status with its description and the ErrorOut body; 422 with
+    ValidationErrorOut when the route has parameters or a body."""
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorOut, "description": description} for status, description in sorted(errors.items())}
+    if validation:
+        responses[422] = {"model": ValidationErrorOut, "description": VALIDATION}
+    return responses
+
+
 def unauthorized(detail: str = "Not authenticated", reason: str = "UNAUTHENTICATED") -> ApiError:
     return ApiError(401, detail, reason, {"WWW-Authenticate": "Bearer"})
 
@@ -110,6 +135,12 @@ def error_event(error: ApiError) -> dict[str, object]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's body (`detail`: the list of problems) plus the `reason` every other error has
+        return JSONResponse({"detail": jsonable_encoder(error.errors()), "reason": "VALIDATION_ERROR"},
+                            status_code=422)
+
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
         return error.response(request_id())

@@ -14,21 +14,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from docent.v1 import ingest_pb2
 from services.gateway.accounts import CallerDep, StateDep
+from services.gateway.errors import INTERNAL, UNAUTHORIZED, UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, error_responses
 from services.gateway.schemas import FileTypesOut
 
 router = APIRouter(prefix="/api", tags=["documents"])
 CACHE_SECONDS = 60.0
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing, invalid, expired or revoked token"},
-    503: {"description": "the ingest service is not available"},
-}
+_ERRORS = error_responses({401: UNAUTHORIZED, 500: INTERNAL, 503: UPSTREAM_UNAVAILABLE, 504: UPSTREAM_TIMEOUT})
 
 
 class FileTypesCache:
@@ -66,7 +64,7 @@ def file_types_cache(request: Request) -> FileTypesCache:
 CacheDep = Annotated[FileTypesCache, Depends(file_types_cache)]
 
 
-@router.get("/file-types", response_model=FileTypesOut, responses=_ERRORS)
+@router.get("/file-types", response_model=FileTypesOut, operation_id="listFileTypes", responses=_ERRORS)
 async def list_file_types(caller: CallerDep, state: StateDep, cache: CacheDep, response: Response) -> FileTypesOut:
     """The file types an upload may have (MIME type, label, extensions with their dot), in the registry's order."""
 

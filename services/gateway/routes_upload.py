@@ -7,14 +7,28 @@ IngestService.UploadDocument call, so the gateway never holds a whole file in me
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from docent.v1 import ingest_pb2
 from services.gateway.accounts import CallerDep, StateDep
-from services.gateway.schemas import TERMINAL, DocumentEvent, DocumentOut, DocumentStatusOut
+from services.gateway.errors import (
+    INTERNAL,
+    UNAUTHORIZED,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNAVAILABLE,
+    error_responses,
+)
+from services.gateway.schemas import (
+    TERMINAL,
+    DocumentEvent,
+    DocumentOut,
+    DocumentStatusOut,
+    ErrorEvent,
+    sse_openapi,
+)
 from services.gateway.sse import event, open_stream, relay, sse_response
 from services.gateway.state import WATCH_TIMEOUT_SECONDS
 
@@ -22,10 +36,23 @@ router = APIRouter(prefix="/api/upload", tags=["documents"])
 UPLOAD_CHUNK_BYTES = 256 * 1024
 LIST_PAGE_SIZE = 100
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing, invalid, expired or revoked token"},
-    404: {"description": "no such document for this user"},
-}
+_COMMON = {401: UNAUTHORIZED, 500: INTERNAL, 503: UPSTREAM_UNAVAILABLE, 504: UPSTREAM_TIMEOUT}
+_ERRORS = error_responses({**_COMMON, 404: "no such document for this user (DOCUMENT_NOT_FOUND)"}, validation=True)
+EVENTS_DESCRIPTION = """Live progress as server-sent events, from the current state until completed or failed.
+
+Browsers' EventSource cannot send headers: `?access_token=` is accepted here instead.
+
+Each event's `data` is one line of JSON:
+
+| event | data | when |
+|---|---|---|
+| `progress` | `DocumentEvent` (the status of GET /api/upload/{id}/status plus the `document`) | at once, then at each \
+change; its `id` is the change's time in milliseconds |
+| `done` | `DocumentEvent` | after the `progress` event whose status is `completed` or `failed`; the stream ends |
+| `error` | `ErrorEvent` (`detail`, `reason`, `status`) | the stream failed after it started; it ends |
+
+Comment lines (`: ping`) keep a quiet stream open every 15 s.
+"""
 
 
 async def _upload_messages(file: UploadFile) -> AsyncIterator[ingest_pb2.UploadDocumentRequest]:
@@ -35,10 +62,11 @@ async def _upload_messages(file: UploadFile) -> AsyncIterator[ingest_pb2.UploadD
         yield ingest_pb2.UploadDocumentRequest(chunk=chunk)
 
 
-@router.post("/", status_code=status.HTTP_202_ACCEPTED, response_model=DocumentOut,
-             responses={**_ERRORS, 400: {"description": "empty or unreadable file"},
-                        413: {"description": "larger than DOCENT_MAX_UPLOAD_BYTES"},
-                        415: {"description": "unsupported file type"}})
+@router.post("/", status_code=status.HTTP_202_ACCEPTED, response_model=DocumentOut, operation_id="uploadDocument",
+             responses=error_responses({**_COMMON, 400: "empty or unreadable file (EMPTY_FILE, ...)",
+                                        413: "larger than DOCENT_MAX_UPLOAD_BYTES (FILE_TOO_LARGE)",
+                                        415: "a type GET /api/file-types does not list (UNSUPPORTED_FILE_TYPE)"},
+                                       validation=True))
 async def upload(caller: CallerDep, state: StateDep,
                  file: Annotated[UploadFile, File(description="the document, of a type GET /api/file-types lists")]
                  ) -> DocumentOut:
@@ -47,7 +75,8 @@ async def upload(caller: CallerDep, state: StateDep,
     return DocumentOut.from_upload(reply)
 
 
-@router.get("/", response_model=list[DocumentOut], responses=_ERRORS)
+@router.get("/", response_model=list[DocumentOut], operation_id="listDocuments",
+            responses=error_responses(_COMMON, validation=True))
 async def list_documents(caller: CallerDep, state: StateDep, response: Response,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> list[DocumentOut]:
     """The caller's documents, newest first (total in the `X-Total-Count` header)."""
@@ -67,14 +96,16 @@ async def list_documents(caller: CallerDep, state: StateDep, response: Response,
     return documents
 
 
-@router.get("/{document_id}", response_model=DocumentOut, responses=_ERRORS)
+@router.get("/{document_id}", response_model=DocumentOut, operation_id="getDocument", responses=_ERRORS)
 async def get_document(document_id: str, caller: CallerDep, state: StateDep) -> DocumentOut:
+    """One document of the caller's, with its progress."""
     document = await state.ingest.GetDocument(ingest_pb2.GetDocumentRequest(document_id=document_id),
                                               **state.options(caller))
     return DocumentOut.from_proto(document)
 
 
-@router.get("/{document_id}/status", response_model=DocumentStatusOut, responses=_ERRORS)
+@router.get("/{document_id}/status", response_model=DocumentStatusOut, operation_id="getDocumentStatus",
+            responses=_ERRORS)
 async def document_status(document_id: str, caller: CallerDep, state: StateDep) -> DocumentStatusOut:
     """Status with the seed's `task` block and the worker's progress (stage, pages, chunks)."""
     document = await state.ingest.GetDocument(ingest_pb2.GetDocumentRequest(document_id=document_id),
@@ -82,7 +113,8 @@ async def document_status(document_id: str, caller: CallerDep, state: StateDep) 
     return DocumentStatusOut.from_proto(document)
 
 
-@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
+@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, operation_id="deleteDocument",
+               responses=_ERRORS)
 async def delete_document(document_id: str, caller: CallerDep, state: StateDep) -> Response:
     """Remove the document, its stored bytes and its chunks in the vector store."""
     await state.ingest.DeleteDocument(ingest_pb2.DeleteDocumentRequest(document_id=document_id),
@@ -99,15 +131,13 @@ def _progress_frames(message: ingest_pb2.WatchDocumentResponse) -> Iterable[byte
         yield event("done", body, event_id)
 
 
-@router.get("/{document_id}/events", response_class=StreamingResponse,
-            responses={**_ERRORS, 200: {"content": {"text/event-stream": {}},
-                                        "description": "`progress` events (the status JSON with a `document`), "
-                                                       "then `done` at completed/failed; `error` on failure"}})
+@router.get("/{document_id}/events", response_class=StreamingResponse, operation_id="streamDocumentEvents",
+            description=EVENTS_DESCRIPTION,
+            responses={**_ERRORS, 200: sse_openapi(
+                {"progress": DocumentEvent, "done": DocumentEvent, "error": ErrorEvent},
+                "`progress` events, then `done` at completed/failed; `error` on failure",
+                'id: 1714564812345\nevent: progress\ndata: {"document_id":"0b9f1c52-…","status":"processing",…}\n\n')})
 async def document_events(document_id: str, caller: CallerDep, state: StateDep) -> StreamingResponse:
-    """Live progress as server-sent events, from the current state until completed or failed.
-
-    Browsers' EventSource cannot send headers: `?access_token=` is accepted here instead.
-    """
     call = state.ingest.WatchDocument(ingest_pb2.WatchDocumentRequest(document_id=document_id),
                                       **state.options(caller, WATCH_TIMEOUT_SECONDS))
     first = await open_stream(call)

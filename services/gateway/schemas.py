@@ -9,10 +9,10 @@ of the routes, which drop null fields where the route says so (`response_model_e
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from google.protobuf import timestamp_pb2
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from docent.v1 import chat_pb2, ingest_pb2, retrieval_pb2
 from services.runtime.names import MAX_QUERY_CHARS
@@ -32,10 +32,69 @@ SOURCE_NAMES = {retrieval_pb2.SEARCH_SOURCE_DOCUMENTS: "documents",
 MODES = {"dense": retrieval_pb2.SEARCH_MODE_DENSE, "hybrid": retrieval_pb2.SEARCH_MODE_HYBRID}
 
 
+# An RFC 3339 UTC time as `iso` writes it ("2024-05-01T12:00:00.123456Z", no fraction when it is zero). A str
+# rather than a datetime, so that the JSON stays exactly what it has been; the schema says `date-time`.
+Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time",
+                                           "examples": ["2024-05-01T12:00:00.123456Z"]})]
+
+
+def schema_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 def iso(stamp: timestamp_pb2.Timestamp) -> str | None:
     if not stamp.seconds and not stamp.nanos:
         return None
     return stamp.ToDatetime(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+# errors ----------------------------------------------------------------------------------------
+
+class ErrorOut(BaseModel):
+    """Every error the gateway answers: services.gateway.errors.ApiError's body."""
+
+    detail: str = Field(description="a user-facing message")
+    reason: str = Field(description="a stable UPPER_SNAKE code to branch on (TOKEN_EXPIRED, DOCUMENT_NOT_FOUND, "
+                                    "FILE_TOO_LARGE, UPSTREAM_UNAVAILABLE, ...)")
+    request_id: str | None = Field(None, description="5xx only: the request id to quote when reporting it")
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"detail": "document not found", "reason": "DOCUMENT_NOT_FOUND"},
+        {"detail": "internal error", "reason": "INTERNAL", "request_id": "4f1c2b7e9a0d4c55b8e3a1f2d6c7b8e9"}]}}
+
+
+class ValidationIssue(BaseModel):
+    """One invalid part of a request, as FastAPI/Pydantic report it."""
+
+    loc: list[str | int] = Field(description='where: ["body", "query"], ["query", "limit"], ...')
+    msg: str
+    type: str = Field(description="the Pydantic error type, e.g. missing, string_too_short")
+    input: Any = Field(None, description="the value that was refused")
+    ctx: dict[str, Any] | None = Field(None, description="the constraint, e.g. {\"min_length\": 1}")
+
+
+class ValidationErrorOut(BaseModel):
+    """422: the request does not match the operation's parameters or body."""
+
+    detail: list[ValidationIssue]
+    reason: Literal["VALIDATION_ERROR"]
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "detail": [{"type": "string_too_short", "loc": ["body", "query"], "msg": "String should have at least 1 "
+                    "character", "input": "", "ctx": {"min_length": 1}}],
+        "reason": "VALIDATION_ERROR"}]}}
+
+
+class ErrorEvent(BaseModel):
+    """The data of an SSE `error` event: a failure after the stream started (its HTTP status is already 200)."""
+
+    detail: str
+    reason: str
+    status: int = Field(description="the HTTP status the error would have had")
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"detail": "the chat service is unavailable (restarting?); try again shortly",
+         "reason": "UPSTREAM_UNAVAILABLE", "status": 503}]}}
 
 
 # documents -------------------------------------------------------------------------------------
@@ -94,6 +153,27 @@ REASON_DESCRIPTION = ("failed only: a stable code for the error (e.g. PDF_ENCRYP
                       "RETRIES_EXHAUSTED, WORKER_LOST); null otherwise")
 
 
+_DOCUMENT_EXAMPLE: dict[str, Any] = {
+    "id": "0b9f1c52-4c1e-4a53-9a43-2f7d1f6c9e10", "user_id": "5d2e8f8a-1b7c-4a0e-8f5e-3c9d2a1b0c4d",
+    "filename": "R-data_41p.pdf", "file_size": 412345, "mime_type": "application/pdf",
+    "vector_collection_id": None, "processing_status": "pending", "processing_error": None,
+    "error_reason": None, "task_id": "1c7a4e0e-2f0b-4d6a-9c51-7d8e9f0a1b2c",
+    "uploaded_at": "2024-05-01T12:00:00.123456Z", "updated_at": "2024-05-01T12:00:00.123456Z",
+    "indexed_at": None, "page_count": 0, "chunk_count": 0,
+    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "progress": {"stage": "queued", "pages_done": 0, "pages_total": 0, "chunks_done": 0, "chunks_total": 0,
+                 "attempts": 0, "percent": 2, "message": "Queued"},
+    "deduplicated": False}
+_STATUS_EXAMPLE: dict[str, Any] = {
+    "document_id": "0b9f1c52-4c1e-4a53-9a43-2f7d1f6c9e10", "filename": "R-data_41p.pdf",
+    "status": "processing", "error": None, "error_reason": None,
+    "task": {"task_id": "1c7a4e0e-2f0b-4d6a-9c51-7d8e9f0a1b2c", "task_state": "STARTED",
+             "task_info": {"status": "Parsing page 12 of 41", "stage": "parsing", "percent": 15}},
+    "progress": {"stage": "parsing", "pages_done": 12, "pages_total": 41, "chunks_done": 0,
+                 "chunks_total": 0, "attempts": 1, "percent": 15, "message": "Parsing page 12 of 41"},
+    "vector_collection_id": None, "page_count": 0, "chunk_count": 0}
+
+
 class DocumentOut(BaseModel):
     id: str
     user_id: str
@@ -105,14 +185,16 @@ class DocumentOut(BaseModel):
     processing_error: str | None
     error_reason: str | None = Field(None, description=REASON_DESCRIPTION)
     task_id: str | None
-    uploaded_at: str | None
-    updated_at: str | None = None
-    indexed_at: str | None = None
+    uploaded_at: Timestamp | None
+    updated_at: Timestamp | None = None
+    indexed_at: Timestamp | None = None
     page_count: int = 0
     chunk_count: int = 0
     sha256: str = ""
     progress: Progress | None = None
     deduplicated: bool | None = Field(None, description="upload only: the same bytes were already uploaded")
+
+    model_config = {"json_schema_extra": {"examples": [_DOCUMENT_EXAMPLE]}}
 
     @classmethod
     def from_proto(cls, document: ingest_pb2.Document) -> DocumentOut:
@@ -157,6 +239,8 @@ class DocumentStatusOut(BaseModel):
     page_count: int
     chunk_count: int
 
+    model_config = {"json_schema_extra": {"examples": [_STATUS_EXAMPLE]}}
+
     @classmethod
     def from_proto(cls, document: ingest_pb2.Document) -> DocumentStatusOut:
         status = status_name(document)
@@ -174,6 +258,11 @@ class DocumentEvent(DocumentStatusOut):
     """The data of a `progress`/`done` event of GET /api/upload/{id}/events: the status and the document."""
 
     document: DocumentOut
+
+    # an event's document has no `deduplicated` (upload only)
+    model_config = {"json_schema_extra": {"examples": [{**_STATUS_EXAMPLE, "document": {
+        **{name: value for name, value in _DOCUMENT_EXAMPLE.items() if name != "deduplicated"},
+        "processing_status": "processing", "progress": _STATUS_EXAMPLE["progress"]}}]}}
 
     @classmethod
     def from_proto(cls, document: ingest_pb2.Document) -> DocumentEvent:
@@ -214,12 +303,17 @@ class Weights(BaseModel):
 
 class ChatIn(BaseModel):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-    conversation_id: str | None = None
+    conversation_id: str | None = Field(None, description="continue this conversation; a new one when absent")
     explain: bool = Field(False, description="include the merged retrieval context (source, score, weight, rank)")
     weights: Weights | None = None
     top_k: int | None = Field(None, ge=1, le=100)
-    document_ids: list[str] | None = Field(None, max_length=100)
+    document_ids: list[str] | None = Field(None, max_length=100, description="search only these documents")
     mode: Literal["dense", "hybrid"] | None = None
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"query": "Which Stata file versions can read.dta handle?", "explain": True},
+        {"query": "and SPSS?", "conversation_id": "8a0c3e57-6d1f-4b2a-9e4c-1f2d3e4a5b6c", "top_k": 8,
+         "mode": "hybrid", "weights": {"documents": 0.7, "chat_history": 0.3}}]}}
 
     def options(self) -> chat_pb2.ChatOptions:
         options = chat_pb2.ChatOptions(conversation_id=self.conversation_id or "", top_k=self.top_k or 0,
@@ -254,6 +348,26 @@ class SourceOut(BaseModel):
                    cited=citation.cited)
 
 
+class ContextDocument(BaseModel):
+    """`document` of a context item whose source is `documents`."""
+
+    document_id: str
+    filename: str
+    chunk_index: int
+    page_start: int
+    page_end: int
+
+
+class ContextChatTurn(BaseModel):
+    """`chat_turn` of a context item whose source is `chat_history`: an earlier turn recalled from memory."""
+
+    turn_id: str
+    conversation_id: str
+    created_at: Timestamp | None = Field(description="null when unknown (kept as null, never dropped)")
+    user_message: str
+    assistant_message: str
+
+
 class ContextItem(BaseModel):
     rank: int
     source: Literal["documents", "chat_history"]
@@ -262,9 +376,10 @@ class ContextItem(BaseModel):
     weighted_score: float
     source_rank: int
     text: str
-    # plain dicts, not models: a null inside them (chat_turn.created_at) is kept even where a route drops nulls
-    document: dict[str, Any] | None = None
-    chat_turn: dict[str, Any] | None = None
+    # plain dicts, not models: a null inside them (chat_turn.created_at) is kept even where a route drops nulls;
+    # their schema is ContextDocument / ContextChatTurn (added to the OpenAPI components by services.gateway.app)
+    document: Annotated[dict[str, Any], WithJsonSchema(schema_ref("ContextDocument"))] | None = None
+    chat_turn: Annotated[dict[str, Any], WithJsonSchema(schema_ref("ContextChatTurn"))] | None = None
 
     @classmethod
     def from_proto(cls, result: retrieval_pb2.SearchResult) -> ContextItem:
@@ -283,6 +398,15 @@ class ContextItem(BaseModel):
         return item
 
 
+class Timings(BaseModel):
+    """Where the time of a turn went, in milliseconds."""
+
+    retrieval_ms: float
+    answer_ms: float
+    storage_ms: float
+    total_ms: float
+
+
 class ChatOut(BaseModel):
     answer: str
     sources: list[SourceOut]
@@ -292,10 +416,24 @@ class ChatOut(BaseModel):
     query: str
     standalone_query: str
     model: str
-    created_at: str | None
-    timings: dict[str, float]
+    created_at: Timestamp | None
+    timings: Timings
     memory_indexed: bool = False
-    context: list[ContextItem] | None = None
+    context: list[ContextItem] | None = Field(None, description="with `explain` only")
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "answer": "read.dta handles Stata versions 5 to 12 [1].",
+        "sources": [{"document_id": "0b9f1c52-4c1e-4a53-9a43-2f7d1f6c9e10", "filename": "R-data_41p.pdf",
+                     "chunk_index": 37, "relevance_score": 0.812345, "page_start": 14, "page_end": 14,
+                     "snippet": "Function read.dta reads a file written by Stata versions 5 to 12", "marker": 1,
+                     "cited": True}],
+        "conversation_id": "8a0c3e57-6d1f-4b2a-9e4c-1f2d3e4a5b6c", "chat_context_used": False,
+        "turn_id": "3e2d1c0b-9a8f-4e7d-8c6b-5a4f3e2d1c0b",
+        "query": "Which Stata file versions can read.dta handle?",
+        "standalone_query": "Which Stata file versions can read.dta handle?", "model": "extractive",
+        "created_at": "2024-05-01T12:00:03.456789Z",
+        "timings": {"retrieval_ms": 41.2, "answer_ms": 3.1, "storage_ms": 5.7, "total_ms": 50.4},
+        "memory_indexed": False}]}}
 
     @classmethod
     def from_proto(cls, turn: chat_pb2.ChatTurn, explain: bool = False) -> ChatOut:
@@ -326,13 +464,29 @@ class ChatSourcesEvent(BaseModel):
                    conversation_id=turn.conversation_id)
 
 
+class ChatConversationEvent(BaseModel):
+    """The data of the `conversation` event of POST /api/chat/stream (first, once): the turn's conversation."""
+
+    conversation_id: str
+
+
+class ChatTokenEvent(BaseModel):
+    """The data of a `token` event of POST /api/chat/stream: the next piece of the answer."""
+
+    delta: str
+
+
 class ConversationOut(BaseModel):
     id: str
     title: str
     turn_count: int
-    created_at: str | None
-    updated_at: str | None
-    turns: list[ChatOut] | None = None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+    turns: list[ChatOut] | None = Field(None, description="GET /api/chat/conversations/{id} only")
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "id": "8a0c3e57-6d1f-4b2a-9e4c-1f2d3e4a5b6c", "title": "Which Stata file versions can read.dta handle?",
+        "turn_count": 2, "created_at": "2024-05-01T12:00:03.456789Z", "updated_at": "2024-05-01T12:01:10.500000Z"}]}}
 
     @classmethod
     def from_proto(cls, conversation: chat_pb2.Conversation, with_turns: bool = False,
@@ -365,3 +519,22 @@ class ReadyOut(BaseModel):
     upstreams: dict[str, str] = Field(description="ingest, chat and database: SERVING or why not")
     children: dict[str, str] | None = Field(None, description="under `docent up`: the state of every role")
     restarting: list[str] | None = Field(None, description="under `docent up`: the roles being restarted")
+
+
+# OpenAPI -----------------------------------------------------------------------------------------
+
+def sse_openapi(events: dict[str, type[BaseModel]], description: str, example: str) -> dict[str, Any]:
+    """The documented 200 of an SSE route: each event's name and the schema of its JSON `data`
+    (`x-sse-events`), and their union as the stream's schema."""
+    names = list(dict.fromkeys(model.__name__ for model in events.values()))
+    return {"description": description, "content": {"text/event-stream": {
+        "schema": {"description": "the JSON `data` of one event; which schema goes with which event name is in "
+                                  "x-sse-events", "oneOf": [schema_ref(name) for name in names]},
+        "x-sse-events": {event: schema_ref(model.__name__) for event, model in events.items()},
+        "example": example}}}
+
+
+# models the OpenAPI document refers to that no route returns as JSON (SSE data, the dicts of ContextItem):
+# services.gateway.app adds them to the components
+EXTRA_SCHEMAS: list[type[BaseModel]] = [ContextDocument, ContextChatTurn, DocumentEvent, ErrorEvent,
+                                        ChatConversationEvent, ChatTokenEvent, ChatSourcesEvent, ChatOut]

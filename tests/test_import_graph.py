@@ -109,8 +109,8 @@ def test_the_graph_is_read() -> None:
     assert "services.runtime.grpc_server" in GRAPH["services.ingest.app"]
 
 
-TABLE_OWNERS = {"users": "gateway", "revoked_tokens": "gateway", "documents": "ingest", "document_blobs": "ingest",
-                "conversations": "chat", "chat_turns": "chat"}
+TABLE_OWNERS = {"users": "gateway", "revoked_tokens": "gateway", "api_keys": "gateway", "documents": "ingest",
+                "document_blobs": "ingest", "conversations": "chat", "chat_turns": "chat"}
 SQL_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(" + "|".join(TABLE_OWNERS) + r")\b")
 
 

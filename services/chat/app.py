@@ -28,6 +28,7 @@ from services.runtime.grpc_client import create_channel
 from services.runtime.grpc_server import ServiceDefinition
 from services.runtime.names import CHAT_SERVICE, RETRIEVAL_SERVICE
 from services.runtime.queue import Enqueuer
+from services.runtime.quotas import Quotas, RateLimiter
 
 log = structlog.get_logger("docent.chat")
 
@@ -72,8 +73,12 @@ async def build_chat_service(settings: Settings) -> ChatService:
         pipeline = ChatPipeline(settings, pool, retrieval, enqueuer, answerer, rewriter, count_tokens)
         log.info("answerer", model=answerer.model, llm_base_url=settings.llm_base_url or None,
                  history_token_budget=settings.history_token_budget)
-        service = ChatService(ChatServicer(settings, pipeline, pool, retrieval, enqueuer), pool, enqueuer, channel,
-                              stack.pop_all())
+        limiter = RateLimiter(settings.redis_url)
+        stack.push_async_callback(limiter.close)
+        quotas = Quotas(limiter, chats_per_minute=settings.quota_chats_per_minute,
+                        uploads_per_minute=settings.quota_uploads_per_minute)
+        service = ChatService(ChatServicer(settings, pipeline, pool, retrieval, enqueuer, quotas), pool, enqueuer,
+                              channel, stack.pop_all())
     return service
 
 

@@ -10,27 +10,36 @@ from google.protobuf import empty_pb2
 from docent.v1 import chat_pb2, chat_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.chat import conversations, records
 from services.chat.pipeline import ChatPipeline, Delta, Started, Stored, conversation_not_found
-from services.runtime.call_context import current_token, current_user_id, require_admin
+from services.runtime.call_context import (
+    current_identity,
+    current_token,
+    current_user_id,
+    require_admin,
+    require_write,
+)
 from services.runtime.config import Settings
 from services.runtime.errors import Internal, from_rpc_error
 from services.runtime.grpc_client import call_options
 from services.runtime.names import INDEX_CHAT_TURN
 from services.runtime.pagination import page_request
 from services.runtime.queue import MEMORY_QUEUE, Enqueuer
+from services.runtime.quotas import Quotas
 
 log = structlog.get_logger("docent.chat")
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, settings: Settings, pipeline: ChatPipeline, pool: asyncpg.Pool,
-                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub, enqueuer: Enqueuer) -> None:
+                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub, enqueuer: Enqueuer, quotas: Quotas) -> None:
         self.settings = settings
+        self.quotas = quotas
         self.pipeline = pipeline
         self.pool = pool
         self.retrieval = retrieval
         self.enqueuer = enqueuer
 
     async def Chat(self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> chat_pb2.ChatResponse:
+        await self.quotas.admit_chat(current_identity())
         turn = None
         async for event in self.pipeline.run(current_user_id(), current_token(), request.query, request.options):
             if isinstance(event, Stored):
@@ -40,6 +49,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         return chat_pb2.ChatResponse(turn=turn)
 
     async def StreamChat(self, request: chat_pb2.StreamChatRequest, context: grpc.aio.ServicerContext):
+        await self.quotas.admit_chat(current_identity())
         conversation_id = ""
         async for event in self.pipeline.run(current_user_id(), current_token(), request.query, request.options):
             if isinstance(event, Started):
@@ -70,7 +80,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                                  context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         """Memory vectors, then rows, then the vectors once more: a memory write racing the delete
         either lands before the second vector delete, or finds its turn gone and removes itself."""
-        user_id = current_user_id()
+        user_id = require_write().user_id
         row = await conversations.get(self.pool, user_id, request.conversation_id)
         if row is None:
             raise conversation_not_found(request.conversation_id)

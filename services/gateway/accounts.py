@@ -31,6 +31,7 @@ from services.gateway.errors import (
     unauthorized,
 )
 from services.gateway.state import Caller, GatewayState, get_state
+from services.runtime.api_keys import FORWARDED_TOKEN_SECONDS, looks_like_api_key
 from services.runtime.auth import mint_token, verify_token
 from services.runtime.errors import Unauthenticated
 
@@ -120,13 +121,19 @@ def _verify_password(password_hash: str | None, password: str) -> bool:
 
 async def current_caller(request: Request,
                          credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> Caller:
-    """The bearer token's user. `?access_token=` is accepted on SSE GETs (EventSource sends no headers)."""
+    """The bearer token's (or API key's) user. `?access_token=` is accepted on SSE GETs (EventSource sends
+    no headers)."""
     state = get_state(request)
     token = credentials.credentials if credentials else None
     if token is None and request.method == "GET" and request.url.path.endswith("/events"):
         token = request.query_params.get("access_token")
     if not token:
         raise unauthorized("Not authenticated", "TOKEN_MISSING")
+    if looks_like_api_key(token):
+        user_id, grant = await state.api_keys.authenticate(token)
+        # the services verify tokens: forward a short-lived one that carries the key's grant
+        forwarded = mint_token(state.secret, user_id, FORWARDED_TOKEN_SECONDS, key=grant)
+        return Caller(user_id=user_id, token=forwarded, token_id="", key=grant)
     try:
         identity = verify_token(state.secret, token)
     except Unauthenticated as error:
@@ -134,7 +141,7 @@ async def current_caller(request: Request,
                            error.reason) from None
     if identity.token_id and await state.revocations.is_revoked(identity.token_id):
         raise unauthorized("Token revoked", "TOKEN_REVOKED")
-    return Caller(user_id=identity.user_id, token=token, token_id=identity.token_id)
+    return Caller(user_id=identity.user_id, token=token, token_id=identity.token_id, key=identity.key)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
@@ -203,9 +210,13 @@ async def me(caller: CallerDep, state: StateDep) -> UserOut:
 
 
 @router.post("/logout", response_model=MessageOut, operation_id="logout",
-             responses=error_responses({401: UNAUTHORIZED, 500: INTERNAL}))
+             responses=error_responses({401: UNAUTHORIZED, 403: "called with an API key (SESSION_REQUIRED)",
+                                        500: INTERNAL}))
 async def logout(caller: CallerDep, state: StateDep) -> MessageOut:
-    """Revoke the token of this request: it is refused from now on, here and by the services."""
+    """Revoke the token of this request: it is refused from now on, here and by the services.
+    An API key is revoked with DELETE /api/keys/{id} instead."""
+    if caller.key is not None:
+        raise ApiError(403, "an API key cannot log out: revoke it with DELETE /api/keys/{id}", "SESSION_REQUIRED")
     claims = jwt.decode(caller.token, options={"verify_signature": False})  # verified by current_caller
     expires = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
     if caller.token_id:

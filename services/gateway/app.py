@@ -28,7 +28,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from services.gateway import accounts, routes_chat, routes_file_types, routes_upload, schemas
+from services.gateway import (
+    accounts,
+    routes_api_keys,
+    routes_chat,
+    routes_file_types,
+    routes_upload,
+    routes_usage,
+    schemas,
+)
 from services.gateway.errors import INTERNAL, error_responses, install_error_handlers
 from services.gateway.middleware import RequestContextMiddleware, UploadLimitMiddleware
 from services.gateway.schemas import HealthOut, ReadyOut
@@ -83,6 +91,8 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
     app.include_router(routes_upload.router)
     app.include_router(routes_file_types.router)
     app.include_router(routes_chat.router)
+    app.include_router(routes_api_keys.router)
+    app.include_router(routes_usage.router)
 
     @app.get("/health", tags=["ops"], response_model=HealthOut, operation_id="getHealth",
              responses=error_responses({500: INTERNAL}))

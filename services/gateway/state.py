@@ -13,11 +13,13 @@ import structlog
 from fastapi import Request
 
 from docent.v1 import chat_pb2_grpc, ingest_pb2_grpc
+from services.gateway.api_key_store import ApiKeys
 from services.gateway.errors import ApiError
 from services.gateway.request_context import request_id
 from services.gateway.revocations import TokenRevocations
 from services.gateway.signin_limit import SigninLimits
 from services.runtime import db
+from services.runtime.auth import KeyGrant
 from services.runtime.config import Settings
 from services.runtime.grpc_client import call_options, create_channel
 
@@ -30,11 +32,13 @@ CALLED = ("ingest", "chat")
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated user of a REST request; `token` is forwarded to the gRPC services."""
+    """The authenticated user of a REST request; `token` is forwarded to the gRPC services (for an API
+    key, a short-lived token carrying the key's grant); `key` is set when the caller used an API key."""
 
     user_id: str
     token: str
     token_id: str
+    key: KeyGrant | None = None
 
 
 @dataclass
@@ -49,16 +53,19 @@ class GatewayState:
     redis: aioredis.Redis | None
     signin_limits: SigninLimits = field(init=False)
     revocations: TokenRevocations = field(init=False)
+    api_keys: ApiKeys = field(init=False)
     _background: list[asyncio.Task[None]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.signin_limits = SigninLimits(self.redis)
         self.revocations = TokenRevocations(self.db, self.redis)
+        self.api_keys = ApiKeys(self.db, self.redis)
 
     @classmethod
     async def open(cls, settings: Settings, secret: str) -> GatewayState:
         """Channels, stubs, pool and Redis client; call on the serving event loop (grpc.aio channels are
-        bound to the loop they are created on). Publishes the revocations again, now and periodically."""
+        bound to the loop they are created on). Publishes the revocations and API keys again, now and
+        periodically."""
         channels = {name: create_channel(settings.target(name)) for name in CALLED}  # type: ignore[arg-type]
         pool = None
         if settings.database_url:
@@ -74,6 +81,8 @@ class GatewayState:
         if pool is not None and redis is not None:
             await state.revocations.republish_logged()
             state._background.append(asyncio.create_task(state.revocations.republish_forever()))
+            # publishes at once, then every 30 s
+            state._background.append(asyncio.create_task(state.api_keys.republish_forever()))
         return state
 
     async def close(self) -> None:

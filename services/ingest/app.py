@@ -18,6 +18,7 @@ from services.runtime.grpc_client import create_channel
 from services.runtime.grpc_server import ServiceDefinition
 from services.runtime.names import INGEST_SERVICE
 from services.runtime.queue import Enqueuer
+from services.runtime.quotas import Quotas, RateLimiter
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,12 @@ async def build_ingest_service(settings: Settings) -> IngestService:
         stack.push_async_callback(channel.close)
         events = DocumentEvents(settings.database_url or "")
         stack.push_async_callback(events.close)
-        servicer = IngestServicer(settings, pool, enqueuer, retrieval_pb2_grpc.RetrievalServiceStub(channel), events)
+        limiter = RateLimiter(settings.redis_url)
+        stack.push_async_callback(limiter.close)
+        quotas = Quotas(limiter, chats_per_minute=settings.quota_chats_per_minute,
+                        uploads_per_minute=settings.quota_uploads_per_minute)
+        servicer = IngestServicer(settings, pool, enqueuer, retrieval_pb2_grpc.RetrievalServiceStub(channel), events,
+                                  quotas)
         service = IngestService(servicer, pool, enqueuer, stack.pop_all())
     return service
 

@@ -18,13 +18,21 @@ from services.ingest import documents, formats, states
 from services.ingest.events import DocumentEvents
 from services.ingest.filetypes import EmptyFile, UnsupportedType, detect_type
 from services.ingest.webhook_target import refused_reason
-from services.runtime.call_context import current_token, current_user_id, require_admin
+from services.runtime.call_context import current_token, current_user_id, require_admin, require_write
 from services.runtime.config import Settings
-from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, from_rpc_error
+from services.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    from_rpc_error,
+)
 from services.runtime.grpc_client import call_options
 from services.runtime.names import PROCESS_DOCUMENT
 from services.runtime.pagination import page_request
 from services.runtime.queue import INGEST_QUEUE, Enqueuer
+from services.runtime.quotas import Quotas
 
 log = structlog.get_logger("docent.ingest")
 
@@ -44,14 +52,39 @@ def clean_filename(raw: str) -> str:
     return name
 
 
+async def _receive(request_iterator: AsyncIterator[ingest_pb2.ReplaceDocumentRequest],
+                   limit: int) -> tuple[ingest_pb2.ReplaceMetadata, bytes, str]:
+    """A replacement stream: (metadata, bytes, sha256), with the protocol and size rules of an upload."""
+    metadata: ingest_pb2.ReplaceMetadata | None = None
+    content = bytearray()
+    digest = hashlib.sha256()
+    async for message in request_iterator:
+        if message.HasField("metadata"):
+            if metadata is not None or content:
+                raise InvalidArgument("metadata must be sent once, before the bytes", reason="UPLOAD_PROTOCOL")
+            metadata = message.metadata
+            continue
+        if metadata is None:
+            raise InvalidArgument("the first message must carry the metadata", reason="UPLOAD_PROTOCOL")
+        if len(content) + len(message.chunk) > limit:
+            raise ResourceExhausted(f"file is larger than the {limit} byte limit", reason="FILE_TOO_LARGE",
+                                    limit_bytes=limit)
+        content.extend(message.chunk)
+        digest.update(message.chunk)
+    if metadata is None:
+        raise InvalidArgument("no upload metadata received", reason="UPLOAD_PROTOCOL")
+    return metadata, bytes(content), digest.hexdigest()
+
+
 def _document_not_found(document_id: str) -> NotFound:
     return NotFound(f"document {document_id} not found", reason="DOCUMENT_NOT_FOUND", document_id=document_id)
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer,
-                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub, events: DocumentEvents) -> None:
+                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub, events: DocumentEvents, quotas: Quotas) -> None:
         self.settings = settings
+        self.quotas = quotas
         self.pool = pool
         self.enqueuer = enqueuer
         self.retrieval = retrieval
@@ -59,7 +92,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def UploadDocument(self, request_iterator: AsyncIterator[ingest_pb2.UploadDocumentRequest],
                              context: grpc.aio.ServicerContext) -> ingest_pb2.UploadDocumentResponse:
-        user_id = current_user_id()
+        identity = require_write()
+        await self.quotas.admit_upload(identity)
+        user_id = identity.user_id
         limit = self.settings.max_upload_bytes
         metadata: ingest_pb2.UploadMetadata | None = None
         content = bytearray()
@@ -95,6 +130,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except UnsupportedType as error:
             raise InvalidArgument(str(error), reason="UNSUPPORTED_FILE_TYPE") from None
 
+        await self._check_storage(user_id, len(content))
         async with self.pool.acquire() as conn:
             row, created = await documents.insert(
                 conn, user_id=user_id, filename=filename, mime_type=mime_type, content=bytes(content),
@@ -103,7 +139,67 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             row = await self._enqueue(row)
         log.info("document_uploaded", document_id=str(row["id"]), bytes=len(content), mime_type=mime_type,
                  deduplicated=not created)
-        return ingest_pb2.UploadDocumentResponse(document=documents.to_pb(row), deduplicated=not created)
+        return ingest_pb2.UploadDocumentResponse(document=await documents.with_versions(self.pool, row),
+                                                 deduplicated=not created)
+
+    async def ReplaceDocument(self, request_iterator: AsyncIterator[ingest_pb2.ReplaceDocumentRequest],
+                              context: grpc.aio.ServicerContext) -> ingest_pb2.ReplaceDocumentResponse:
+        """A new version of one of the caller's documents: stored and queued; the active version stays
+        searchable until the new one is indexed (the worker switches them, see states and pipeline)."""
+        user_id = current_user_id()
+        metadata, content, sha256 = await _receive(request_iterator, self.settings.max_upload_bytes)
+        filename = clean_filename(metadata.filename)
+        if not metadata.document_id.strip():
+            raise InvalidArgument("document_id is required", reason="DOCUMENT_ID_REQUIRED")
+        try:
+            mime_type = detect_type(filename, metadata.content_type, content[:HEAD_BYTES])
+        except EmptyFile:
+            raise InvalidArgument("the file is empty", reason="EMPTY_FILE") from None
+        except UnsupportedType as error:
+            raise InvalidArgument(str(error), reason="UNSUPPORTED_FILE_TYPE") from None
+        try:
+            async with self.pool.acquire() as conn:
+                row, version = await documents.insert_version(
+                    conn, user_id=user_id, document_id=metadata.document_id, filename=filename, mime_type=mime_type,
+                    content=content, sha256=sha256)
+        except documents.ReplaceRefused as refused:
+            if refused.busy:
+                raise FailedPrecondition(
+                    "a version of this document is being processed; replace it once that is finished",
+                    reason="DOCUMENT_BUSY", document_id=metadata.document_id) from None
+            raise AlreadyExists("another of your documents has exactly these bytes", reason="DUPLICATE_DOCUMENT",
+                                document_id=str(refused.duplicate_of)) from None
+        if row is None:
+            raise _document_not_found(metadata.document_id)
+        if version:
+            row = await self._enqueue(row)
+        log.info("document_replaced", document_id=str(row["id"]), version=version or row["version"],
+                 bytes=len(content), mime_type=mime_type, deduplicated=not version)
+        return ingest_pb2.ReplaceDocumentResponse(document=await documents.with_versions(self.pool, row),
+                                                  deduplicated=not version, version=version or row["version"])
+
+    async def _check_storage(self, user_id: str, size: int) -> None:
+        """The stored-bytes and document quotas (DOCENT_QUOTA_STORED_BYTES / DOCENT_QUOTA_DOCUMENTS), counted
+        in Postgres, so every replica enforces the same numbers. Concurrent uploads of one user may pass
+        together and exceed a quota by what they carry."""
+        max_documents, max_bytes = self.settings.quota_documents, self.settings.quota_stored_bytes
+        if not max_documents and not max_bytes:
+            return
+        count, stored = await documents.usage(self.pool, user_id)
+        if max_documents and count + 1 > max_documents:
+            raise ResourceExhausted(f"your quota of {max_documents} documents is used: delete some to upload more",
+                                    reason="DOCUMENT_QUOTA_EXCEEDED", quota_documents=max_documents)
+        if max_bytes and stored + size > max_bytes:
+            raise ResourceExhausted(f"this file would take your storage past its quota of {max_bytes} bytes "
+                                    f"({stored} used): delete documents to make room",
+                                    reason="STORAGE_QUOTA_EXCEEDED", quota_bytes=max_bytes, stored_bytes=stored)
+
+    async def GetUsage(self, request: ingest_pb2.GetUsageRequest,
+                       context: grpc.aio.ServicerContext) -> ingest_pb2.Usage:
+        count, stored = await documents.usage(self.pool, current_user_id())
+        return ingest_pb2.Usage(documents=count, stored_bytes=stored, documents_limit=self.settings.quota_documents,
+                                stored_bytes_limit=self.settings.quota_stored_bytes,
+                                uploads_per_minute_limit=self.settings.quota_uploads_per_minute)
 
     async def _enqueue(self, row: asyncpg.Record) -> asyncpg.Record:
         """Enqueue processing. A lost enqueue is not an error: the sweeper re-enqueues pending documents."""
@@ -136,13 +232,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         row = await documents.get(self.pool, current_user_id(), request.document_id)
         if row is None:
             raise _document_not_found(request.document_id)
-        return documents.to_pb(row)
+        return await documents.with_versions(self.pool, row)
 
     async def ListDocuments(self, request: ingest_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext):
         page_size, cursor = page_request(request.page_size, request.page_token)
         rows, next_cursor, total = await documents.list_page(self.pool, current_user_id(), page_size, cursor)
         return ingest_pb2.ListDocumentsResponse(
-            documents=[documents.to_pb(row) for row in rows],
+            documents=await documents.to_pbs(self.pool, rows),
             next_page_token=next_cursor.encode() if next_cursor else "", total_size=total)
 
     async def ListFileTypes(self, request: ingest_pb2.ListFileTypesRequest,
@@ -153,7 +249,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             for file_type in formats.REGISTRY.file_types])
 
     async def DeleteDocument(self, request: ingest_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext):
-        user_id = current_user_id()
+        user_id = require_write().user_id
         row = await documents.get(self.pool, user_id, request.document_id)
         if row is None:
             raise _document_not_found(request.document_id)
@@ -185,7 +281,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     last = key
                     stamp = timestamp_pb2.Timestamp()
                     stamp.GetCurrentTime()
-                    yield ingest_pb2.WatchDocumentResponse(document=documents.to_pb(row), event_time=stamp)
+                    yield ingest_pb2.WatchDocumentResponse(document=await documents.with_versions(self.pool, row),
+                                                           event_time=stamp)
                 if row["status"] in states.TERMINAL:
                     return
                 try:

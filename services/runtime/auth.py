@@ -22,6 +22,42 @@ ALGORITHM = "HS256"
 ISSUER = "docent"
 
 
+READ = "read"
+WRITE = "write"
+ACCESS_LEVELS = (READ, WRITE)
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What an API key lets its holder do: `access` is "read" (list, search, chat) or "write" (also
+    upload, replace, delete); the per-minute limits, when set, apply to this key on top of its user's."""
+
+    key_id: str
+    access: str = READ
+    chats_per_minute: int | None = None
+    uploads_per_minute: int | None = None
+
+    def claims(self) -> dict[str, object]:
+        claims: dict[str, object] = {"id": self.key_id, "access": self.access}
+        if self.chats_per_minute is not None:
+            claims["cpm"] = self.chats_per_minute
+        if self.uploads_per_minute is not None:
+            claims["upm"] = self.uploads_per_minute
+        return claims
+
+    @classmethod
+    def from_claims(cls, claims: object) -> KeyGrant:
+        if not isinstance(claims, dict) or not isinstance(claims.get("id"), str) \
+                or claims.get("access") not in ACCESS_LEVELS:
+            raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
+        return cls(key_id=claims["id"], access=claims["access"], chats_per_minute=_limit(claims.get("cpm")),
+                   uploads_per_minute=_limit(claims.get("upm")))
+
+
+def _limit(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 @dataclass(frozen=True)
 class Identity:
     user_id: str
@@ -29,6 +65,13 @@ class Identity:
     # operator tokens (`docent token --admin`, `docent reindex`) may call the maintenance RPCs; the
     # gateway never issues them
     admin: bool = False
+    # set when the caller authenticated with an API key (services.runtime.api_keys), directly or
+    # through the gateway, which forwards a short-lived token carrying the key's grant
+    key: KeyGrant | None = None
+
+    @property
+    def can_write(self) -> bool:
+        return self.key is None or self.key.access == WRITE
 
 
 # The example values the repository publishes (.env.example, deploy/k8s/secret.yaml; compose takes
@@ -82,7 +125,7 @@ ADMIN_SCOPE = "admin"
 
 
 def mint_token(secret: str, user_id: str, ttl_seconds: int, *, token_id: str | None = None,
-               admin: bool = False) -> str:
+               admin: bool = False, key: KeyGrant | None = None) -> str:
     now = int(time.time())
     claims: dict[str, object] = {
         "sub": str(user_id),
@@ -93,6 +136,8 @@ def mint_token(secret: str, user_id: str, ttl_seconds: int, *, token_id: str | N
     }
     if admin:
         claims["scope"] = ADMIN_SCOPE
+    if key is not None:
+        claims["key"] = key.claims()
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -106,8 +151,9 @@ def verify_token(secret: str, token: str) -> Identity:
         raise Unauthenticated("token expired", reason="TOKEN_EXPIRED") from None
     except jwt.InvalidTokenError:
         raise Unauthenticated("invalid token", reason="TOKEN_INVALID") from None
+    key = KeyGrant.from_claims(claims["key"]) if "key" in claims else None
     return Identity(user_id=str(claims["sub"]), token_id=str(claims.get("jti", "")),
-                    admin=claims.get("scope") == ADMIN_SCOPE)
+                    admin=claims.get("scope") == ADMIN_SCOPE and key is None, key=key)
 
 
 def bearer_token(header_value: str | None) -> str:

@@ -50,6 +50,15 @@ def require_admin() -> Identity:
     return identity
 
 
+def require_write() -> Identity:
+    """The caller, who must be allowed to change documents: a session, or an API key with write access."""
+    identity = current_identity()
+    if not identity.can_write:
+        raise PermissionDenied("this API key is read-only: create a key with write access to upload, replace "
+                               "or delete", reason="API_KEY_READ_ONLY")
+    return identity
+
+
 def current_user_id() -> str:
     return current_identity().user_id
 

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
 
     # uploads
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    # quotas per user (0: no limit); an API key may carry lower per-minute limits of its own.
+    # The rates are shared by all replicas through Redis; stored bytes and documents are counted in Postgres.
+    quota_chats_per_minute: int = Field(0, ge=0, description="chat requests per minute per user and per key")
+    quota_uploads_per_minute: int = Field(0, ge=0, description="uploads per minute per user and per key")
+    quota_stored_bytes: int = Field(0, ge=0, description="bytes of uploaded files a user may keep")
+    quota_documents: int = Field(0, ge=0, description="documents a user may keep")
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://localhost:3000"]
 
     # embeddings: local ONNX MiniLM unless an OpenAI-compatible endpoint is set

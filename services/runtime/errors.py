@@ -7,6 +7,8 @@ becomes INTERNAL with a generic message: a Python exception's text never reaches
 
 from __future__ import annotations
 
+import math
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -19,15 +21,20 @@ class DocentError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
 
-    def __init__(self, message: str, *, reason: str | None = None, **metadata: object) -> None:
+    def __init__(self, message: str, *, reason: str | None = None, retry_after: float | None = None,
+                 **metadata: object) -> None:
         super().__init__(message)
         self.message = message
         if reason:
             self.reason = reason
         self.metadata = {key: str(value) for key, value in metadata.items()}
+        # when to try again: sent as google.rpc.RetryInfo, and as Retry-After by the gateway
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.metadata.setdefault("retry_after_seconds", str(max(1, math.ceil(retry_after))))
 
     def to_status(self) -> grpc.Status:
-        return build_status(self.code, self.message, self.reason, self.metadata)
+        return build_status(self.code, self.message, self.reason, self.metadata, self.retry_after)
 
 
 class InvalidArgument(DocentError):
@@ -81,12 +88,17 @@ class Internal(DocentError):
 
 
 def build_status(code: grpc.StatusCode, message: str, reason: str,
-                 metadata: dict[str, str] | None = None) -> grpc.Status:
+                 metadata: dict[str, str] | None = None, retry_after: float | None = None) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
-    detail = any_pb2.Any()
-    detail.Pack(info)
+    details = [any_pb2.Any()]
+    details[0].Pack(info)
+    if retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(max(1, math.ceil(retry_after * 1000)))
+        details.append(any_pb2.Any())
+        details[1].Pack(retry)
     return rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=message, details=[detail])
+        status_pb2.Status(code=code.value[0], message=message, details=details)
     )
 
 
@@ -130,8 +142,10 @@ def from_rpc_error(error: grpc.RpcError) -> DocentError:
         return DeadlineExceeded("the request did not finish within its deadline", reason="DEADLINE_EXCEEDED")
     cls = _BY_CODE.get(code, Unavailable if code == grpc.StatusCode.UNKNOWN else Internal)
     message = error.details() if hasattr(error, "details") else "upstream call failed"
+    metadata = dict(info.metadata) if info else {}
+    retry_after = metadata.pop("retry_after_seconds", None)
     return cls(message or "upstream call failed", reason=info.reason if info else None,
-               **(dict(info.metadata) if info else {}))
+               retry_after=float(retry_after) if retry_after else None, **metadata)
 
 
 def backing_outage(error: BaseException) -> Unavailable | None:

@@ -22,7 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.runtime import metrics
+from services.runtime import metrics, tracing
+from services.runtime.api_keys import ApiKeyDirectory
 from services.runtime.config import Settings
 from services.runtime.errors import Unavailable
 from services.runtime.interceptors import Authentication, ErrorMapping, RequestScope, RevocationChecker
@@ -62,7 +63,8 @@ class ServiceDefinition:
     name: str
     service_names: Sequence[str]
     build: Callable[[], Awaitable[Service]]
-    # refuse tokens ended by a logout (needs Redis, where the gateway publishes them)
+    # a service users call directly: refuses tokens ended by a logout and accepts API keys (both
+    # published by the gateway through Redis)
     checks_revocation: bool = False
 
 
@@ -112,13 +114,19 @@ async def serve(definition: ServiceDefinition, settings: Settings, *, port: int,
     """Build and run `definition` until SIGTERM/SIGINT (or `stop_event`), then shut down gracefully.
 
     `revocations` overrides the Redis revocation list of a service that checks revocation (tests)."""
+    tracing.configure_tracing(definition.name)  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     owned_revocations = None
     if definition.checks_revocation and revocations is None:
         revocations = owned_revocations = RevocationList(settings.redis_url or "")
+    # API keys are published through Redis by the gateway: without Redis only tokens are accepted
+    api_keys = (ApiKeyDirectory(settings.redis_url)
+                if definition.checks_revocation and settings.redis_url else None)
     routes = _Routes(definition.service_names)
     server = grpc.aio.server(
-        interceptors=[RequestScope(definition.name), ErrorMapping(),
-                      Authentication(jwt_secret, revocations if definition.checks_revocation else None)],
+        # tracing first (when on): the span is active for the request scope's log line
+        interceptors=[*tracing.server_interceptors(), RequestScope(definition.name), ErrorMapping(),
+                      Authentication(jwt_secret, revocations if definition.checks_revocation else None,
+                                     api_keys)],
         options=SERVER_OPTIONS,
     )
     health = HealthServicer()
@@ -198,4 +206,6 @@ async def serve(definition: ServiceDefinition, settings: Settings, *, port: int,
             await service.close()
         if owned_revocations is not None:
             await owned_revocations.close()
+        if api_keys is not None:
+            await api_keys.close()
         log.info("stopped")

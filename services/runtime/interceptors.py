@@ -3,7 +3,7 @@
 1. `RequestScope` — request id, the caller's deadline, one canonical log line and metrics per RPC;
 2. `ErrorMapping` — Docent errors, backing-service outages and unexpected exceptions → gRPC status
    with `google.rpc.ErrorInfo` (an unexpected exception's detail never reaches the caller);
-3. `Authentication` — bearer JWT, revocation (logout), the caller's identity for the servicer.
+3. `Authentication` — bearer JWT or API key, revocation (logout), the caller's identity for the servicer.
 
 Each one wraps every handler kind (unary or streaming, either side) through `ScopedInterceptor`:
 a subclass only says what happens around one RPC.
@@ -23,7 +23,8 @@ import grpc
 import structlog
 
 from services.runtime import metrics
-from services.runtime.auth import bearer_token, verify_token
+from services.runtime.api_keys import FORWARDED_TOKEN_SECONDS, looks_like_api_key
+from services.runtime.auth import Identity, bearer_token, mint_token, verify_token
 from services.runtime.call_context import (
     Outcome,
     deadline_var,
@@ -184,31 +185,54 @@ class RevocationChecker(Protocol):
     async def is_revoked(self, token_id: str) -> bool: ...
 
 
-class Authentication(ScopedInterceptor):
-    """Every method but health and reflection needs `authorization: Bearer <JWT>` signed with the
-    deployment's secret and not revoked by a logout; the servicer then reads the caller's identity."""
+class KeyVerifier(Protocol):
+    async def identify(self, key: str) -> Identity: ...
 
-    def __init__(self, jwt_secret: str, revocations: RevocationChecker | None = None) -> None:
+
+class Authentication(ScopedInterceptor):
+    """Every method but health and reflection needs `authorization: Bearer <credential>`: a JWT signed
+    with the deployment's secret and not revoked by a logout, or an API key (services.runtime.api_keys);
+    the servicer then reads the caller's identity."""
+
+    def __init__(self, jwt_secret: str, revocations: RevocationChecker | None = None,
+                 api_keys: KeyVerifier | None = None) -> None:
         self._secret = jwt_secret
-        # ingest and chat refuse logged-out tokens; retrieval is internal and has no revocation list
+        # ingest and chat refuse logged-out tokens and accept API keys; retrieval is internal: its callers
+        # are the other services, which forward a token
         self._revocations = revocations
+        self._api_keys = api_keys
 
     def applies_to(self, method: str) -> bool:
         return not method.startswith(PUBLIC_METHOD_PREFIXES)
 
-    @contextlib.asynccontextmanager
-    async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        metadata = dict(context.invocation_metadata() or ())
-        token = bearer_token(metadata.get("authorization"))
-        identity = verify_token(self._secret, token)
+    async def _identify(self, credential: str) -> tuple[Identity, str]:
+        """The caller, and the token to forward on the caller's behalf to other services."""
+        if looks_like_api_key(credential):
+            if self._api_keys is None:
+                raise Unauthenticated("this service does not accept API keys: call the gateway or the ingest "
+                                      "and chat services", reason="API_KEY_NOT_ACCEPTED")
+            identity = await self._api_keys.identify(credential)
+            # downstream services verify tokens, not keys: forward a short-lived one carrying the key's grant
+            forwarded = mint_token(self._secret, identity.user_id, FORWARDED_TOKEN_SECONDS, key=identity.key)
+            return identity, forwarded
+        identity = verify_token(self._secret, credential)
         if self._revocations is not None and identity.token_id \
                 and await self._revocations.is_revoked(identity.token_id):
             raise Unauthenticated("the token has been revoked (logged out)", reason="TOKEN_REVOKED")
-        tokens = [identity_var.set(identity), token_var.set(token)]
-        structlog.contextvars.bind_contextvars(user_id=identity.user_id)
+        return identity, credential
+
+    @contextlib.asynccontextmanager
+    async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        metadata = dict(context.invocation_metadata() or ())
+        identity, forwarded = await self._identify(bearer_token(metadata.get("authorization")))
+        tokens = [identity_var.set(identity), token_var.set(forwarded)]
+        fields = {"user_id": identity.user_id}
+        if identity.key is not None:
+            fields["api_key_id"] = identity.key.key_id
+        structlog.contextvars.bind_contextvars(**fields)
         try:
             yield
         finally:
-            structlog.contextvars.unbind_contextvars("user_id")
+            structlog.contextvars.unbind_contextvars(*fields)
             for reset in reversed(tokens):
                 reset.var.reset(reset)

@@ -167,8 +167,9 @@ def value_args(files: tuple[str, ...] = (), pairs: tuple[tuple[str, str], ...] =
     args: list[str] = []
     for name in files:
         args += ["-f", str(EXAMPLES / name)]
-    for key, value in pairs:  # strings stay strings (a URL, a tag), booleans are booleans
-        args += ["--set" if value in ("true", "false") else "--set-string", f"{key}={value}"]
+    for key, value in pairs:  # secrets, URLs and tags stay strings; booleans and counts are typed (values.schema.json)
+        typed = not key.startswith(("secret.", "image.")) and re.fullmatch(r"true|false|\d+", value)
+        args += ["--set" if typed else "--set-string", f"{key}={value}"]
     return args
 
 
@@ -360,6 +361,12 @@ def test_values_set_image_replicas_and_resources() -> None:
         assert "replicas" not in k8s_object("Deployment", name)["spec"], name
     dev = {obj["metadata"]["name"]: obj["spec"]["replicas"] for obj in k8s_objects("Deployment", "dev")}
     assert dev == dict.fromkeys(("gateway", *SERVICE_ROLES, "worker"), 1)
+    # values.schema.json: a misspelt or mistyped value fails the render instead of being ignored
+    for key, value, message in (("gatway.replicas", "1", "additional properties 'gatway' not allowed"),
+                                ("worker.replicas", "-1", "/worker/replicas"),
+                                ("ingress.readTimout", "60", "'readTimout' not allowed")):
+        result = helm_template((), (*TEST_SECRET_VALUES.items(), (key, value)), check=False)
+        assert result.returncode != 0 and message in result.stderr, (key, result.stderr)
 
 
 def test_no_secret_value_is_committed_and_the_chart_refuses_example_ones() -> None:

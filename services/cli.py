@@ -4,8 +4,49 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.runtime.config import Settings
 
 ROLES = ("gateway", "ingest", "retrieval", "chat")
+
+
+def _caller_arguments(parser: argparse.ArgumentParser) -> None:
+    """Who the command acts as: an API key, an account's email, or a raw user id."""
+    whose = parser.add_mutually_exclusive_group()
+    whose.add_argument("--api-key", default=None,
+                       help="an API key from the web UI or POST /api/keys (default: $DOCENT_API_KEY)")
+    whose.add_argument("--email", default=None, help="the account, as signed up in the web UI (needs the database)")
+    whose.add_argument("--user", default=None, help="a raw user id (default: $DOCENT_USER or 'cli')")
+
+
+def _user_id_for_email(settings: Settings, email: str) -> str:
+    import asyncio
+
+    from services.gateway.accounts import user_id_for_email
+
+    if not settings.database_url:
+        raise SystemExit("docent: --email needs the accounts database: set DOCENT_DATABASE_URL (`docent up` "
+                         "prints it), or use --api-key")
+    user_id = asyncio.run(user_id_for_email(settings.database_url, email))
+    if user_id is None:
+        raise SystemExit(f"docent: no account with the email {email!r}")
+    return user_id
+
+
+def _credential(args: argparse.Namespace, settings: Settings) -> str:
+    """The bearer credential the command sends: the API key as is, else a token minted for the user."""
+    import os
+
+    from services.runtime.auth import jwt_secret, mint_token
+
+    api_key = args.api_key or (None if args.email or args.user else os.environ.get("DOCENT_API_KEY"))
+    if api_key:
+        return api_key
+    user_id = _user_id_for_email(settings, args.email) if args.email else (
+        args.user or os.environ.get("DOCENT_USER") or "cli")
+    return mint_token(jwt_secret(settings), user_id, 4 * 3600)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,18 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations and exit")
 
     token = sub.add_parser("token", help="mint a bearer token (for grpcurl and scripts)")
-    token.add_argument("--user", required=True, help="user id to put in the token")
+    whose = token.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--email", help="the account (as signed up in the web UI) to mint the token for")
+    whose.add_argument("--user", help="user id to put in the token")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.add_argument("--admin", action="store_true",
                        help="an operator token, for the maintenance RPCs (ResetIndex, ReindexDocuments, ReindexMemory)")
 
     ingest = sub.add_parser("ingest", help="upload files over gRPC and show their progress")
     ingest.add_argument("files", nargs="+")
-    ingest.add_argument("--user", default=None, help="user id (default: $DOCENT_USER or 'cli')")
     ingest.add_argument("--no-wait", action="store_true", help="return after the upload is acknowledged")
+    _caller_arguments(ingest)
 
     docs = sub.add_parser("docs", help="list documents with their status")
-    docs.add_argument("--user", default=None)
+    _caller_arguments(docs)
 
     sub.add_parser("queue", help="queue depth, in-flight and failed jobs")
 
@@ -80,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         from services.runtime.auth import jwt_secret, mint_token
         from services.runtime.config import load_settings
 
-        print(mint_token(jwt_secret(load_settings()), args.user, args.ttl, admin=args.admin))
+        settings = load_settings()
+        user_id = args.user or _user_id_for_email(settings, args.email)
+        print(mint_token(jwt_secret(settings), user_id, args.ttl, admin=args.admin))
         return 0
     if command == "reindex":
         import asyncio
@@ -98,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(show_queue(load_settings()))
     if command in ("ingest", "docs"):
         from services.ingest import cli as ingest_cli
+        from services.runtime.config import load_settings
 
-        return ingest_cli.main(args)
+        settings = load_settings()
+        return ingest_cli.main(args, settings, _credential(args, settings))
     if command == "eval":
         from services.evaluation.cli import main as eval_main
 

@@ -296,3 +296,30 @@ def test_gcra_allows_a_burst_then_one_per_interval() -> None:
     assert limiter.acquire(both, now_ms=0) == 0
     assert limiter.acquire(both, now_ms=0) > 0
     assert [limiter.acquire([Limit("b", 100)], now_ms=0) for _ in range(99)] == [0] * 99
+
+
+async def test_cli_acts_as_an_account_by_email_or_api_key(stack, database_url, monkeypatch, capsys) -> None:
+    import jwt
+
+    from services import cli
+    from tests.conftest import TEST_SECRET
+
+    client, ingest_target, *_ = stack
+    account = await signup(client)
+    session = account["access_token"]
+    assert (await upload(client, session, name="ledger.txt")).status_code == 202
+    key = await create_key(client, session, access="read")
+    monkeypatch.setenv("DOCENT_DATABASE_URL", database_url)
+    monkeypatch.setenv("DOCENT_JWT_SECRET", TEST_SECRET)
+    monkeypatch.setenv("DOCENT_INGEST_TARGET", ingest_target)
+    capsys.readouterr()
+
+    assert await asyncio.to_thread(cli.main, ["token", "--email", account["user"]["email"].upper()]) == 0
+    minted = capsys.readouterr().out.strip()
+    assert jwt.decode(minted, TEST_SECRET, algorithms=["HS256"], issuer="docent")["sub"] == account["user"]["id"]
+    with pytest.raises(SystemExit, match="no account"):
+        await asyncio.to_thread(cli.main, ["token", "--email", "nobody@example.com"])
+
+    for argv in (["docs", "--api-key", key["key"]], ["docs", "--email", account["user"]["email"]]):
+        assert await asyncio.to_thread(cli.main, argv) == 0
+        assert "ledger.txt" in capsys.readouterr().out, argv

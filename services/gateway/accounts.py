@@ -222,3 +222,13 @@ async def logout(caller: CallerDep, state: StateDep) -> MessageOut:
     if caller.token_id:
         await state.revocations.revoke(caller.token_id, expires)
     return MessageOut(message="Successfully logged out")
+
+
+async def user_id_for_email(database_url: str, email: str) -> str | None:
+    """The id of the account with this email (case-insensitive), for the operator CLI (`docent token --email`)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        user_id = await conn.fetchval("SELECT id FROM users WHERE lower(email) = lower($1)", email.strip())
+    finally:
+        await conn.close()
+    return str(user_id) if user_id else None

@@ -1,5 +1,5 @@
-"""User commands of the ingest side: `docent ingest | docs`, gRPC clients like any other (a token is
-minted from the local secret for the given user).
+"""User commands of the ingest side: `docent ingest | docs`, gRPC clients like any other: they send the
+bearer credential the root CLI chose (an API key, or a token minted from the local secret).
 """
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import mimetypes
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,8 +14,7 @@ from pathlib import Path
 import grpc
 
 from docent.v1 import ingest_pb2, ingest_pb2_grpc
-from services.runtime.auth import jwt_secret, mint_token
-from services.runtime.config import Settings, load_settings
+from services.runtime.config import Settings
 from services.runtime.grpc_client import call_options, create_channel
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
@@ -26,21 +24,16 @@ STATUS_NAMES = {value: name.removeprefix("DOCUMENT_STATUS_").lower()
 TERMINAL = {ingest_pb2.DOCUMENT_STATUS_COMPLETED, ingest_pb2.DOCUMENT_STATUS_FAILED}
 
 
-def main(args: argparse.Namespace) -> int:
-    settings = load_settings()
+def main(args: argparse.Namespace, settings: Settings, credential: str) -> int:
     if args.command == "ingest":
-        return asyncio.run(ingest(settings, [Path(name) for name in args.files], _user(args), wait=not args.no_wait))
+        return asyncio.run(ingest(settings, [Path(name) for name in args.files], credential, wait=not args.no_wait))
     if args.command == "docs":
-        return asyncio.run(list_documents(settings, _user(args)))
+        return asyncio.run(list_documents(settings, credential))
     return 2
 
 
-def _user(args: argparse.Namespace) -> str:
-    return args.user or os.environ.get("DOCENT_USER") or "cli"
-
-
-def _options(settings: Settings, user_id: str, timeout: float | None = None) -> dict[str, object]:
-    return call_options(mint_token(jwt_secret(settings), user_id, 3600), timeout or settings.grpc_deadline_seconds)
+def _options(settings: Settings, credential: str, timeout: float | None = None) -> dict[str, object]:
+    return call_options(credential, timeout or settings.grpc_deadline_seconds)
 
 
 async def _upload_requests(path: Path) -> AsyncIterator[ingest_pb2.UploadDocumentRequest]:
@@ -107,7 +100,7 @@ class ProgressBoard:
         self.drawn = True
 
 
-async def ingest(settings: Settings, paths: list[Path], user_id: str, *, wait: bool = True) -> int:
+async def ingest(settings: Settings, paths: list[Path], credential: str, *, wait: bool = True) -> int:
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
         print(f"docent: no such file: {', '.join(missing)}", file=sys.stderr)
@@ -115,16 +108,16 @@ async def ingest(settings: Settings, paths: list[Path], user_id: str, *, wait: b
     board = ProgressBoard([path.name for path in paths])
     async with create_channel(settings.target("ingest")) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
-        results = await asyncio.gather(*(_ingest_one(settings, stub, board, index, path, user_id, wait)
+        results = await asyncio.gather(*(_ingest_one(settings, stub, board, index, path, credential, wait)
                                          for index, path in enumerate(paths)))
     return 0 if all(results) else 1
 
 
 async def _ingest_one(settings: Settings, stub: ingest_pb2_grpc.IngestServiceStub, board: ProgressBoard,
-                      index: int, path: Path, user_id: str, wait: bool) -> bool:
+                      index: int, path: Path, credential: str, wait: bool) -> bool:
     board.update(index, "uploading")
     try:
-        reply = await stub.UploadDocument(_upload_requests(path), **_options(settings, user_id, 300))
+        reply = await stub.UploadDocument(_upload_requests(path), **_options(settings, credential, 300))
     except grpc.aio.AioRpcError as error:
         board.update(index, f"rejected · {error.details()}")
         return False
@@ -136,7 +129,7 @@ async def _ingest_one(settings: Settings, stub: ingest_pb2_grpc.IngestServiceStu
     try:
         # a long document can take a while: the watch has a generous deadline of its own
         async for event in stub.WatchDocument(ingest_pb2.WatchDocumentRequest(document_id=document.id),
-                                              **_options(settings, user_id, 4 * 3600)):
+                                              **_options(settings, credential, 4 * 3600)):
             document = event.document
             board.update(index, describe(document) + note, fraction(document))
     except grpc.aio.AioRpcError as error:
@@ -145,14 +138,14 @@ async def _ingest_one(settings: Settings, stub: ingest_pb2_grpc.IngestServiceStu
     return document.status == ingest_pb2.DOCUMENT_STATUS_COMPLETED
 
 
-async def list_documents(settings: Settings, user_id: str) -> int:
+async def list_documents(settings: Settings, credential: str) -> int:
     async with create_channel(settings.target("ingest")) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         page_token, rows = "", []
         try:
             while True:
                 request = ingest_pb2.ListDocumentsRequest(page_size=100, page_token=page_token)
-                reply = await stub.ListDocuments(request, **_options(settings, user_id))
+                reply = await stub.ListDocuments(request, **_options(settings, credential))
                 rows.extend(reply.documents)
                 page_token = reply.next_page_token
                 if not page_token:
@@ -161,7 +154,7 @@ async def list_documents(settings: Settings, user_id: str) -> int:
             print(f"docent: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
     if not rows:
-        print(f"no documents for user {user_id}")
+        print("no documents")
         return 0
     width = max(len(document.filename) for document in rows)
     for document in rows:

@@ -74,8 +74,9 @@ class Identity:
         return self.key is None or self.key.access == WRITE
 
 
-# The example values the repository publishes (.env.example, deploy/k8s/secret.yaml; compose takes
-# .env's). Anyone can read them, so anyone could sign tokens with them: refused, fail closed.
+# The example values the repository publishes or once published (.env.example, the old
+# deploy/k8s/secret.yaml; compose takes .env's). Anyone can read them, so anyone could sign tokens
+# with them: refused, fail closed.
 # tests/test_config.py checks that every value published in the repository is refused.
 PUBLISHED_SECRETS = frozenset({
     "change-me-to-a-random-secret-of-at-least-32-characters",

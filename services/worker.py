@@ -6,12 +6,20 @@ imported, because Dramatiq binds actors to the global broker at declaration time
 
 from __future__ import annotations
 
+import os
 import signal
+
+# `docent worker` gives its processes one prometheus_client multiprocess directory, which the worker metrics
+# port serves (services.runtime.jobs). It must be set before prometheus_client is first imported.
+if os.environ.get("DOCENT_JOB_METRICS_DIR"):
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.environ["DOCENT_JOB_METRICS_DIR"])
 
 import dramatiq
 from dramatiq.middleware import AsyncIO, CurrentMessage, default_middleware
 
+from services.runtime import tracing
 from services.runtime.config import load_settings
+from services.runtime.jobs import JobContext
 from services.runtime.lifecycle import die_with_parent
 from services.runtime.logging import configure_logging
 from services.runtime.queue import create_broker
@@ -24,6 +32,7 @@ die_with_parent(signal.SIGKILL)
 
 settings = load_settings()
 configure_logging(settings.log_level, settings.log_format, service="worker")
+tracing.configure_tracing("worker")  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
 if not settings.redis_url or not settings.database_url:
     raise SystemExit(
         "docent: the worker needs DOCENT_REDIS_URL and DOCENT_DATABASE_URL (start it with `docent worker`)"
@@ -31,7 +40,8 @@ if not settings.redis_url or not settings.database_url:
 
 broker = create_broker(
     settings.redis_url,
-    middleware=[middleware() for middleware in default_middleware] + [AsyncIO(), CurrentMessage()],
+    # JobContext: the request id and trace context of the enqueuer, job metrics
+    middleware=[middleware() for middleware in default_middleware] + [AsyncIO(), CurrentMessage(), JobContext()],
 )
 dramatiq.set_broker(broker)
 

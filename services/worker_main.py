@@ -7,6 +7,7 @@ import sys
 
 from services.runtime.config import load_settings
 from services.runtime.embedded import resolve_backing_urls
+from services.runtime.jobs import JOB_METRICS_DIR_ENV, job_metrics_dir, reset_job_metrics_dir
 from services.runtime.queue import QUEUES
 
 
@@ -20,6 +21,8 @@ def run_worker(queues: list[str] | None = None, processes: int | None = None,
     # The Dramatiq processes import services.worker, which reads these to build its broker.
     os.environ["DOCENT_DATABASE_URL"] = settings.database_url or ""
     os.environ["DOCENT_REDIS_URL"] = settings.redis_url or ""
+    # one metrics directory for the worker processes, emptied at each start (services.runtime.jobs)
+    os.environ[JOB_METRICS_DIR_ENV] = str(reset_job_metrics_dir(job_metrics_dir(settings.data_dir)))
     argv = [
         sys.executable, "-m", "dramatiq", "services.worker",
         "--processes", str(processes or settings.worker_processes),

@@ -9,21 +9,35 @@ configured retries, an HTTP error, a broken stream) becomes UNAVAILABLE with a r
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import openai
 import structlog
 from openai import AsyncOpenAI
+from opentelemetry.trace import Status, StatusCode
+from prometheus_client import Counter, Histogram
 
 from services.chat.answer import AnswerRequest
 from services.chat.history import HistoryTurn
 from services.chat.text import shorten, strip_markers
+from services.runtime import tracing
 from services.runtime.call_context import remaining_seconds
 from services.runtime.config import Settings
 from services.runtime.errors import Unavailable
 
 log = structlog.get_logger("docent.chat.llm")
+
+# on the chat service's metrics port
+LLM_LATENCY = Histogram(
+    "docent_llm_request_seconds", "LLM chat-completion calls: request → last token (stream) or the reply (complete)",
+    ["call", "outcome"], buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+LLM_TOKENS = Counter("docent_llm_tokens", "Tokens of LLM calls, from the response's usage when the endpoint reports it",
+                     ["kind"])
+LLM_ERRORS = Counter("docent_llm_errors", "LLM calls that failed, by reason (LLM_TIMEOUT, LLM_UNAVAILABLE, …)",
+                     ["reason"])
 
 ANSWER_TEMPERATURE = 0.1
 ANSWER_MAX_TOKENS = 1024
@@ -61,34 +75,78 @@ class LLMClient:
         configured = self.client.timeout
         return remaining_seconds(configured if isinstance(configured, (int, float)) else 60.0)
 
+    def _span_attributes(self, params: dict[str, Any], streamed: bool) -> dict[str, Any]:
+        return {"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": self.model,
+                "gen_ai.request.max_tokens": params.get("max_tokens"),
+                "gen_ai.request.temperature": params.get("temperature"), "docent.llm.stream": streamed}
+
     async def stream(self, messages: Sequence[dict[str, str]], **params: Any) -> AsyncIterator[str]:
         """The completion's text pieces as they arrive."""
+        # not made current: the consumer runs between our yields, its spans are not the LLM call's children
+        span = tracing.start_span("llm.chat", self._span_attributes(params, True))
+        started, outcome, usage = time.perf_counter(), "cancelled", None
         try:
             stream = await self.client.chat.completions.create(
                 model=self.model, messages=list(messages), stream=True, timeout=self._timeout(),
                 **params)  # type: ignore[arg-type]
             async with stream:
                 async for chunk in stream:
+                    usage = getattr(chunk, "usage", None) or usage  # the last chunk's, when the endpoint sends it
                     for choice in chunk.choices or ():
                         content = choice.delta.content if choice.delta else None
                         if content:
                             yield content
+            outcome = "ok"
         except openai.OpenAIError as error:
-            raise llm_unavailable(error) from None
+            outcome = "error"
+            failure = llm_unavailable(error)
+            span.set_status(Status(StatusCode.ERROR, failure.reason))
+            raise failure from None
+        finally:
+            _observe("stream", outcome, started, usage, span)
 
     async def complete(self, messages: Sequence[dict[str, str]], **params: Any) -> str:
-        try:
-            reply = await self.client.chat.completions.create(
-                model=self.model, messages=list(messages), stream=False, timeout=self._timeout(),
-                **params)  # type: ignore[arg-type]
-        except openai.OpenAIError as error:
-            raise llm_unavailable(error) from None
+        started = time.perf_counter()
+        with tracing.span("llm.chat", self._span_attributes(params, False)) as span:
+            try:
+                reply = await self.client.chat.completions.create(
+                    model=self.model, messages=list(messages), stream=False, timeout=self._timeout(),
+                    **params)  # type: ignore[arg-type]
+            except openai.OpenAIError as error:
+                failure = llm_unavailable(error)
+                span.set_status(Status(StatusCode.ERROR, failure.reason))
+                _observe("complete", "error", started, None, None)
+                raise failure from None
+            _observe("complete", "ok", started, getattr(reply, "usage", None), None)
+            _record_usage(span, getattr(reply, "usage", None))
         if not reply.choices:
             return ""
         return reply.choices[0].message.content or ""
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _observe(call: str, outcome: str, started: float, usage: Any, span: Any) -> None:
+    """Latency and tokens of one LLM call; ends `span` when given (the streamed call's)."""
+    LLM_LATENCY.labels(call, outcome).observe(time.perf_counter() - started)
+    prompt = getattr(usage, "prompt_tokens", None)
+    completion = getattr(usage, "completion_tokens", None)
+    if isinstance(prompt, int):
+        LLM_TOKENS.labels("prompt").inc(prompt)
+    if isinstance(completion, int):
+        LLM_TOKENS.labels("completion").inc(completion)
+    if span is not None:
+        _record_usage(span, usage)
+        span.end()
+
+
+def _record_usage(span: Any, usage: Any) -> None:
+    for attribute, field in (("gen_ai.usage.input_tokens", "prompt_tokens"),
+                             ("gen_ai.usage.output_tokens", "completion_tokens")):
+        value = getattr(usage, field, None)
+        if isinstance(value, int):
+            span.set_attribute(attribute, value)
 
 
 def llm_unavailable(error: openai.OpenAIError) -> Unavailable:
@@ -106,6 +164,7 @@ def llm_unavailable(error: openai.OpenAIError) -> Unavailable:
     else:
         failure = Unavailable("the language model endpoint failed", reason="LLM_UNAVAILABLE")
     log.warning("llm_failed", reason=failure.reason, error=type(error).__name__, detail=str(error)[:300])
+    LLM_ERRORS.labels(failure.reason).inc()
     return failure
 
 
@@ -153,6 +212,7 @@ class LLMAnswerer:
             produced = True
             yield piece
         if not produced:
+            LLM_ERRORS.labels("LLM_EMPTY_ANSWER").inc()
             raise Unavailable("the language model returned an empty answer", reason="LLM_EMPTY_ANSWER")
 
     async def close(self) -> None:

@@ -26,6 +26,7 @@ from services.ingest.ocr import OcrOptions
 from services.ingest.pages import NO_TEXT
 from services.ingest.parse import ParseError, count_pages, iter_pages
 from services.ingest.webhook import deliver_webhook
+from services.runtime import tracing
 from services.runtime.embeddings import Tokenizer
 from services.runtime.resources import WorkerResources
 
@@ -168,24 +169,28 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
     if content is None:
         raise PermanentFailure("the stored file is missing", FILE_MISSING)
 
-    # parse + chunk (CPU work in a thread, one chunk at a time: memory stays bounded)
+    # parse + chunk (CPU work in a thread, one chunk at a time: memory stays bounded); one span, as the
+    # chunker consumes the parser's pages as they come
     try:
-        pages_total = await asyncio.to_thread(count_pages, content, claimed.mime_type)
-        await progress.update(force=True, stage="parsing", pages_total=pages_total)
-        pages_seen = [0]
-        chunk_iter = _parse_and_chunk(content, claimed.mime_type, pages_seen,
-                                      OcrOptions.from_settings(resources.settings))
-        chunks: list[Chunk] = []
+        with tracing.span("ingest.parse_chunk", {"docent.document_id": document_id,
+                                                 "docent.mime_type": claimed.mime_type}) as parse_span:
+            pages_total = await asyncio.to_thread(count_pages, content, claimed.mime_type)
+            await progress.update(force=True, stage="parsing", pages_total=pages_total)
+            pages_seen = [0]
+            chunk_iter = _parse_and_chunk(content, claimed.mime_type, pages_seen,
+                                          OcrOptions.from_settings(resources.settings))
+            chunks: list[Chunk] = []
 
-        def pages_done() -> int:
-            return min(pages_seen[0], pages_total) if pages_total else pages_seen[0]
+            def pages_done() -> int:
+                return min(pages_seen[0], pages_total) if pages_total else pages_seen[0]
 
-        while True:
-            batch = await _renewing(progress, asyncio.to_thread(_take, chunk_iter, 32), pages_done)
-            chunks.extend(batch)
-            await progress.update(pages_done=pages_done())
-            if len(batch) < 32:
-                break
+            while True:
+                batch = await _renewing(progress, asyncio.to_thread(_take, chunk_iter, 32), pages_done)
+                chunks.extend(batch)
+                await progress.update(pages_done=pages_done())
+                if len(batch) < 32:
+                    break
+            parse_span.set_attributes({"docent.pages": pages_seen[0], "docent.chunks": len(chunks)})
     except ParseError as error:
         raise PermanentFailure(str(error), error.reason) from None
     del content
@@ -202,7 +207,8 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
     pending: list[retrieval_pb2.Chunk] = []
     for start in range(0, len(chunks), embedder.batch_size):
         batch = chunks[start:start + embedder.batch_size]
-        vectors = await asyncio.to_thread(embedder.embed, [embedding_text(title, chunk.text) for chunk in batch])
+        with tracing.span("ingest.embed", {"docent.chunks": len(batch), "docent.embedding_model": embedder.model_name}):
+            vectors = await asyncio.to_thread(embedder.embed, [embedding_text(title, chunk.text) for chunk in batch])
         pending.extend(
             retrieval_pb2.Chunk(chunk_index=chunk.index, text=chunk.text, page_start=chunk.page_start,
                                 page_end=chunk.page_end, embedding=vector.tolist(), token_count=chunk.token_count)
@@ -211,8 +217,9 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
         if len(pending) >= UPSERT_BATCH_CHUNKS or last:
             if last:
                 await progress.update(force=True, stage="indexing", chunks_done=start + len(batch))
-            await _upsert(resources, claimed, pending, embedder.model_name,
-                          document_chunk_count=len(chunks) if last else 0)
+            with tracing.span("ingest.index", {"docent.chunks": len(pending)}):
+                await _upsert(resources, claimed, pending, embedder.model_name,
+                              document_chunk_count=len(chunks) if last else 0)
             pending = []
         await progress.update(chunks_done=start + len(batch))
 

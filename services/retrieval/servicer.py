@@ -26,6 +26,7 @@ from services.retrieval.store import (
     TurnRecord,
     VectorStore,
 )
+from services.runtime import tracing
 from services.runtime.call_context import current_user_id, require_admin
 from services.runtime.config import Settings
 from services.runtime.embeddings import Embedder
@@ -202,7 +203,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                                 exclude_conversation_id=request.exclude_conversation_id)
 
         started = time.perf_counter()
-        dense, cached = await self.cache.get(query)
+        with tracing.span("retrieval.embed_query"):
+            dense, cached = await self.cache.get(query)
         query_sparse = sparse.query_vector(query) if hybrid else None
         embedded = time.perf_counter()
 
@@ -222,8 +224,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             plain = [hit for hit in plain if hit.score >= min_score]
             return weighted_rrf([(dense_weight, plain), (1.0 - dense_weight, both)], limit)
 
-        document_hits, chat_hits = await asyncio.gather(
-            fetch(Source.DOCUMENTS, min_documents), fetch(Source.CHAT_HISTORY, min_chat))
+        with tracing.span("retrieval.vector_search", {"docent.search.mode": "hybrid" if hybrid else "dense",
+                                                      "docent.search.top_k": top_k}):
+            document_hits, chat_hits = await asyncio.gather(
+                fetch(Source.DOCUMENTS, min_documents), fetch(Source.CHAT_HISTORY, min_chat))
         searched = time.perf_counter()
         # reranking (off by default) counts in merge_ms
         document_hits = await self.rerank.apply(query, document_hits, top_k=top_k,

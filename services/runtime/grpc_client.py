@@ -12,6 +12,7 @@ import grpc
 
 from services.runtime.call_context import current_request_id, remaining_seconds
 from services.runtime.names import MAX_MESSAGE_BYTES
+from services.runtime.tracing import client_interceptors
 
 # No retryPolicy: UNAVAILABLE does not prove that a call never ran (handlers raise it themselves, e.g.
 # LLM_UNAVAILABLE, and a connection cut mid-call ends the same way), and the layer above owns the retry
@@ -38,7 +39,8 @@ CHANNEL_OPTIONS = [
 
 
 def create_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    # with tracing on, each call gets a client span whose context travels in the call's metadata
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=client_interceptors() or None)
 
 
 def create_sync_channel(target: str) -> grpc.Channel:

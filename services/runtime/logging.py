@@ -1,7 +1,8 @@
 """structlog set-up shared by every process: JSON lines when not on a TTY, console otherwise.
 
 Request-scoped fields (request_id, user_id, rpc) are bound with structlog.contextvars by the
-gRPC interceptor and the gateway middleware, so every line a request logs carries them.
+gRPC interceptor, the gateway middleware and the worker's job middleware, so every line a request logs
+carries them; with tracing on, lines logged inside a span carry its trace_id and span_id.
 """
 
 from __future__ import annotations
@@ -10,6 +11,17 @@ import logging
 import sys
 
 import structlog
+from opentelemetry import trace
+
+
+def add_trace_ids(_logger: object, _method: str, event: dict) -> dict:
+    """`trace_id` and `span_id` of the active OpenTelemetry span, when there is one (tracing on:
+    services.runtime.tracing), so a log line can be found from its trace and back."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event.setdefault("trace_id", format(span_context.trace_id, "032x"))
+        event.setdefault("span_id", format(span_context.span_id, "016x"))
+    return event
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", service: str | None = None) -> None:
@@ -27,6 +39,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", service: str | Non
     shared: list[structlog.types.Processor] = [
         add_service,
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -15,6 +15,8 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from services.runtime.jobs import JobContext
+
 INGEST_QUEUE = "ingest"
 MEMORY_QUEUE = "memory"
 QUEUES = (INGEST_QUEUE, MEMORY_QUEUE)
@@ -28,6 +30,9 @@ def create_broker(redis_url: str, *, middleware: list[dramatiq.Middleware] | Non
     if middleware is not None:
         kwargs["middleware"] = middleware
     broker = RedisBroker(**kwargs)  # type: ignore[arg-type]
+    if not any(isinstance(installed, JobContext) for installed in broker.middleware):
+        # every message carries the enqueuer's request id and trace context (services.runtime.jobs)
+        broker.add_middleware(JobContext())
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 from services.runtime.config import Settings, load_settings
 from services.runtime.db import require_migrated
+from services.runtime.jobs import job_metrics_dir
 from services.runtime.lifecycle import die_with_parent
 from services.runtime.logging import configure_logging
 from services.runtime.queue import Enqueuer, queue_stats
@@ -104,9 +105,12 @@ def run_sweeper(passes: Sequence[SweepPass]) -> int:
     die_with_parent(signal.SIGKILL)  # forked by the Dramatiq master: never outlive it (see services.worker)
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format, service="sweeper")
+    tracing.configure_tracing("sweeper")  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     if settings.worker_metrics_port:
         try:
-            metrics.start_metrics_server(settings.worker_metrics_port, settings.bind_host)
+            # with the job metrics of the worker processes on this data dir (services.runtime.jobs)
+            metrics.start_metrics_server(settings.worker_metrics_port, settings.bind_host,
+                                         worker_metrics_dir=job_metrics_dir(settings.data_dir))
         except OSError:
             log.warning("metrics_port_busy", port=settings.worker_metrics_port)  # another worker serves it
 

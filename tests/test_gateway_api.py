@@ -135,6 +135,45 @@ async def test_document_endpoints(alice, alice_document) -> None:
             assert reply.json()["reason"] == "DOCUMENT_NOT_FOUND" and reply.json()["detail"]
 
 
+async def test_replace_a_document_in_place(client, alice) -> None:
+    """PUT /api/upload/{id}: 202 with the new version pending, the old one searched meanwhile; 404 for another
+    user, 409 while a version is processed; the status carries the version history."""
+    words = " ".join(f"word{number}" for number in range(300))
+    first = await alice.upload("replace-me.md", f"# First\n\nThe first version. {words}".encode(), "text/markdown")
+    assert first.status_code == 202, first.text
+    document_id = first.json()["id"]
+    assert first.json()["version"] == 1 and first.json()["pending_version"] is None
+    assert [version["version"] for version in first.json()["versions"]] == [1]
+    busy = await alice.request("PUT", f"/api/upload/{document_id}",
+                               files={"file": ("v2.md", b"# Second\n\nThe second version.", "text/markdown")})
+    assert busy.status_code == 409 and busy.json()["reason"] == "DOCUMENT_BUSY", busy.text
+    await alice.events("GET", f"/api/upload/{document_id}/events")
+
+    stranger = await new_user(client)
+    other = await stranger.request("PUT", f"/api/upload/{document_id}",
+                                   files={"file": ("v2.md", b"# Second\n\nThe second version.", "text/markdown")})
+    assert other.status_code == 404 and other.json()["reason"] == "DOCUMENT_NOT_FOUND"
+
+    reply = await alice.request("PUT", f"/api/upload/{document_id}",
+                                files={"file": ("v2.md", b"# Second\n\nThe second version.", "text/markdown")})
+    assert reply.status_code == 202, reply.text
+    body = reply.json()
+    assert DOCUMENT_FIELDS <= body.keys() and body["id"] == document_id and body["deduplicated"] is False
+    assert (body["version"], body["pending_version"], body["filename"]) == (1, 2, "replace-me.md")
+    assert body["vector_collection_id"] is not None  # the first version is still searchable
+    events = await alice.events("GET", f"/api/upload/{document_id}/events")
+    assert events[-1][0] == "done"
+    status = (await alice.request("GET", f"/api/upload/{document_id}/status")).json()
+    assert (status["status"], status["version"], status["pending_version"], status["filename"]) == (
+        "completed", 2, None, "v2.md")
+    assert [(v["version"], v["status"], v["active"]) for v in status["versions"]] == [
+        (1, "completed", False), (2, "completed", True)]
+    same = await alice.request("PUT", f"/api/upload/{document_id}",
+                               files={"file": ("again.md", b"# Second\n\nThe second version.", "text/markdown")})
+    assert same.status_code == 202 and same.json()["deduplicated"] is True and same.json()["version"] == 2
+    assert (await alice.request("DELETE", f"/api/upload/{document_id}")).status_code == 204
+
+
 def ingest_calls(up, method: str) -> float:
     """How many times the ingest service has answered `method` (its Prometheus counter)."""
     text = httpx.get(f"http://127.0.0.1:{up.ports['ingest_metrics']}/metrics").text

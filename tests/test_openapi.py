@@ -35,6 +35,7 @@ OPERATION_IDS = {
     ("get", "/api/upload/{document_id}/status"): "getDocumentStatus",
     ("get", "/api/upload/{document_id}/events"): "streamDocumentEvents",
     ("delete", "/api/upload/{document_id}"): "deleteDocument",
+    ("put", "/api/upload/{document_id}"): "replaceDocument",
     ("get", "/api/file-types"): "listFileTypes",
     ("post", "/api/chat/"): "chat",
     ("post", "/api/chat/stream"): "streamChat",

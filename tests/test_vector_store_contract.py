@@ -155,3 +155,84 @@ async def test_data_survives_reopen_and_reset_empties(tmp_path) -> None:
         await second.reset(DIM * 2)
         assert await second.count(Source.DOCUMENTS, "alice") == 0
         await second.close()
+
+
+# document versions: a replacement is written staged and switched in one operation ----------------------
+
+def _versions_seen(hits) -> set[int]:
+    return {int(hit.payload.get("version", 1)) for hit in hits}
+
+
+async def _document_hits(store, user: str = "alice", document_id: str = "doc-1"):
+    return await store.search(Source.DOCUMENTS, user, unit(1), 50, SearchFilters(document_ids=(document_id,)))
+
+
+async def test_a_staged_version_is_invisible_until_activated_then_alone(store) -> None:
+    await store.upsert_chunks("alice", "doc-1", "v1.pdf", [chunk(i, i) for i in range(4)])
+    await store.upsert_chunks("alice", "doc-1", "v2.pdf", [chunk(i, 10 + i) for i in range(3)], version=2,
+                              staged=True)
+    hits = await _document_hits(store)
+    assert _versions_seen(hits) == {1} and len(hits) == 4
+    assert await store.count(Source.DOCUMENTS, "alice") == 4
+    assert await store.activate_version("alice", "doc-1", 2) == 3
+    hits = await _document_hits(store)
+    assert _versions_seen(hits) == {2} and {hit.payload["filename"] for hit in hits} == {"v2.pdf"}
+    assert {hit.point_id for hit in hits} == {chunk_point_id("doc-1", i, 2) for i in range(3)}
+    assert await store.count(Source.DOCUMENTS, "alice") == 3
+    # idempotent: activating again, or rewriting the active version "staged" (a rerun), changes nothing
+    assert await store.activate_version("alice", "doc-1", 2) == 3
+    await store.upsert_chunks("alice", "doc-1", "v2.pdf", [chunk(i, 10 + i) for i in range(3)], version=2,
+                              staged=True)
+    assert _versions_seen(await _document_hits(store)) == {2}
+    assert len(await _document_hits(store)) == 3
+
+
+async def test_a_failed_version_is_removed_and_the_active_one_stays(store) -> None:
+    await store.upsert_chunks("alice", "doc-1", "v1.pdf", [chunk(i, i) for i in range(4)])
+    await store.upsert_chunks("alice", "doc-1", "v2.pdf", [chunk(i, 10 + i) for i in range(2)], version=2,
+                              staged=True)
+    await store.delete_version("alice", "doc-1", 2)
+    await store.delete_version("alice", "doc-1", 1)  # the searchable version: never removed this way
+    assert _versions_seen(await _document_hits(store)) == {1}
+    assert await store.count(Source.DOCUMENTS, "alice") == 4
+    # a leftover of a failed version on the slot a later version uses must not turn visible with it
+    await store.upsert_chunks("alice", "doc-1", "v2.pdf", [chunk(i, 10 + i) for i in range(6)], version=2,
+                              staged=True)
+    await store.upsert_chunks("alice", "doc-1", "v3.pdf", [chunk(i, 20 + i) for i in range(2)], version=3,
+                              staged=True)
+    assert await store.activate_version("alice", "doc-1", 3) == 2
+    assert _versions_seen(await _document_hits(store)) == {3}
+    # and the next replacement flips back to the other slot
+    await store.upsert_chunks("alice", "doc-1", "v4.pdf", [chunk(i, 30 + i) for i in range(5)], version=4,
+                              staged=True)
+    assert _versions_seen(await _document_hits(store)) == {3}
+    assert await store.activate_version("alice", "doc-1", 4) == 5
+    assert _versions_seen(await _document_hits(store)) == {4}
+    with pytest.raises(KeyError):
+        await store.activate_version("alice", "doc-1", 9)
+
+
+async def test_versions_are_per_tenant_and_delete_document_removes_all(store) -> None:
+    await store.upsert_chunks("alice", "doc-1", "v1.pdf", [chunk(i, i) for i in range(3)])
+    await store.upsert_chunks("bob", "doc-b", "b.pdf", [chunk(i, i) for i in range(2)])
+    await store.upsert_chunks("alice", "doc-1", "v2.pdf", [chunk(i, 10 + i) for i in range(2)], version=2,
+                              staged=True)
+    with pytest.raises(KeyError):
+        await store.activate_version("bob", "doc-1", 2)
+    await store.delete_version("bob", "doc-1", 2)
+    assert _versions_seen(await _document_hits(store)) == {1}
+    await store.delete_document("alice", "doc-1")
+    for version in (1, 2):
+        with pytest.raises(KeyError):
+            await store.activate_version("alice", "doc-1", version)
+    assert await store.count(Source.DOCUMENTS, "alice") == 0
+    assert await store.count(Source.DOCUMENTS, "bob") == 2
+
+
+async def test_stale_chunks_are_removed_per_version(store) -> None:
+    await store.upsert_chunks("alice", "doc-1", "v1.pdf", [chunk(i, i) for i in range(5)])
+    await store.upsert_chunks("alice", "doc-1", "v2.pdf", [chunk(i, 10 + i) for i in range(3)], version=2,
+                              staged=True)
+    await store.delete_stale_chunks("alice", "doc-1", 2, version=2)
+    assert len(await _document_hits(store)) == 5  # version 1 untouched
+    assert await store.activate_version("alice", "doc-1", 2) == 2

@@ -75,6 +75,35 @@ async def upload(caller: CallerDep, state: StateDep,
     return DocumentOut.from_upload(reply)
 
 
+async def _replace_messages(document_id: str, file: UploadFile) -> AsyncIterator[ingest_pb2.ReplaceDocumentRequest]:
+    yield ingest_pb2.ReplaceDocumentRequest(metadata=ingest_pb2.ReplaceMetadata(
+        document_id=document_id, filename=file.filename or "", content_type=file.content_type or ""))
+    while chunk := await file.read(UPLOAD_CHUNK_BYTES):
+        yield ingest_pb2.ReplaceDocumentRequest(chunk=chunk)
+
+
+@router.put("/{document_id}", status_code=status.HTTP_202_ACCEPTED, response_model=DocumentOut,
+            operation_id="replaceDocument",
+            responses=error_responses({**_COMMON, 400: "empty or unreadable file (EMPTY_FILE, ...)",
+                                       404: "no such document for this user (DOCUMENT_NOT_FOUND)",
+                                       409: "a version of the document is being processed (DOCUMENT_BUSY), or "
+                                            "another of the caller's documents has these bytes (DUPLICATE_DOCUMENT)",
+                                       413: "larger than DOCENT_MAX_UPLOAD_BYTES (FILE_TOO_LARGE)",
+                                       415: "a type GET /api/file-types does not list (UNSUPPORTED_FILE_TYPE)"},
+                                      validation=True))
+async def replace(document_id: str, caller: CallerDep, state: StateDep,
+                  file: Annotated[UploadFile, File(description="the new version, of a type GET /api/file-types "
+                                                               "lists")]) -> DocumentOut:
+    """Replace the document's file in place (same id); returns at once (202) with `pending_version` set.
+
+    The active version (`version`) stays searchable until the new one is fully indexed, then search switches
+    to it in one step. If the new version fails, the active one stays; the failure is in `versions`. There
+    is no queue: while a version is pending or processing, another replacement is 409 (DOCUMENT_BUSY).
+    The active version's own bytes again change nothing (`deduplicated: true`, no new version)."""
+    reply = await state.ingest.ReplaceDocument(_replace_messages(document_id, file), **state.options(caller))
+    return DocumentOut.from_replace(reply)
+
+
 @router.get("/", response_model=list[DocumentOut], operation_id="listDocuments",
             responses=error_responses(_COMMON, validation=True))
 async def list_documents(caller: CallerDep, state: StateDep, response: Response,

@@ -174,6 +174,36 @@ _STATUS_EXAMPLE: dict[str, Any] = {
     "vector_collection_id": None, "page_count": 0, "chunk_count": 0}
 
 
+class DocumentVersionOut(BaseModel):
+    """One version of a document's file and what became of it."""
+
+    version: int = Field(description="1 for the original upload, then 2, 3, ... for each replacement")
+    sha256: str
+    file_size: int
+    filename: str
+    mime_type: str
+    status: DocumentStatus = Field(description="pending/processing while processed; completed once indexed; failed")
+    error: str | None
+    error_reason: str | None = Field(None, description=REASON_DESCRIPTION)
+    created_at: Timestamp | None
+    indexed_at: Timestamp | None
+    active: bool = Field(description="the version search returns chunks of")
+
+    @classmethod
+    def from_proto(cls, version: ingest_pb2.DocumentVersion) -> DocumentVersionOut:
+        return cls(version=version.version, sha256=version.sha256, file_size=version.file_size,
+                   filename=version.filename, mime_type=version.mime_type,
+                   status=STATUS_NAMES.get(version.status, "pending"), error=version.error or None,
+                   error_reason=version.error_reason or None, created_at=iso(version.create_time),
+                   indexed_at=iso(version.index_time), active=version.active)
+
+
+VERSION_DESCRIPTION = "the active (searchable) version: 1 for an original upload"
+PENDING_VERSION_DESCRIPTION = ("the version a replacement is processing (status and progress then describe it; "
+                               "the active version stays searchable), null when none")
+VERSIONS_DESCRIPTION = "every version of the document, oldest first"
+
+
 class DocumentOut(BaseModel):
     id: str
     user_id: str
@@ -193,6 +223,9 @@ class DocumentOut(BaseModel):
     sha256: str = ""
     progress: Progress | None = None
     deduplicated: bool | None = Field(None, description="upload only: the same bytes were already uploaded")
+    version: int = Field(1, description=VERSION_DESCRIPTION)
+    pending_version: int | None = Field(None, description=PENDING_VERSION_DESCRIPTION)
+    versions: list[DocumentVersionOut] = Field(default_factory=list, description=VERSIONS_DESCRIPTION)
 
     model_config = {"json_schema_extra": {"examples": [_DOCUMENT_EXAMPLE]}}
 
@@ -206,13 +239,21 @@ class DocumentOut(BaseModel):
             task_id=document.task_id or None, uploaded_at=iso(document.create_time),
             updated_at=iso(document.update_time), indexed_at=iso(document.index_time),
             page_count=document.page_count, chunk_count=document.chunk_count, sha256=document.sha256,
-            progress=Progress.from_proto(document))
+            progress=Progress.from_proto(document), version=document.version or 1,
+            pending_version=document.pending_version or None,
+            versions=[DocumentVersionOut.from_proto(version) for version in document.versions])
 
     @classmethod
     def from_upload(cls, reply: ingest_pb2.UploadDocumentResponse) -> DocumentOut:
         uploaded = cls.from_proto(reply.document)
         uploaded.deduplicated = reply.deduplicated
         return uploaded
+
+    @classmethod
+    def from_replace(cls, reply: ingest_pb2.ReplaceDocumentResponse) -> DocumentOut:
+        replaced = cls.from_proto(reply.document)
+        replaced.deduplicated = reply.deduplicated
+        return replaced
 
 
 class TaskInfo(BaseModel):
@@ -238,6 +279,9 @@ class DocumentStatusOut(BaseModel):
     vector_collection_id: str | None
     page_count: int
     chunk_count: int
+    version: int = Field(1, description=VERSION_DESCRIPTION)
+    pending_version: int | None = Field(None, description=PENDING_VERSION_DESCRIPTION)
+    versions: list[DocumentVersionOut] = Field(default_factory=list, description=VERSIONS_DESCRIPTION)
 
     model_config = {"json_schema_extra": {"examples": [_STATUS_EXAMPLE]}}
 
@@ -251,7 +295,9 @@ class DocumentStatusOut(BaseModel):
             task=Task(task_id=document.task_id or None, task_state=TASK_STATES[status],
                       task_info=TaskInfo(status=progress.message, stage=progress.stage, percent=progress.percent)),
             progress=progress, vector_collection_id=document.vector_collection or None,
-            page_count=document.page_count, chunk_count=document.chunk_count)
+            page_count=document.page_count, chunk_count=document.chunk_count, version=document.version or 1,
+            pending_version=document.pending_version or None,
+            versions=[DocumentVersionOut.from_proto(version) for version in document.versions])
 
 
 class DocumentEvent(DocumentStatusOut):

@@ -4,6 +4,13 @@ Idempotent and crash-safe: a document is claimed with a lease (a second run whil
 live does nothing), progress is persisted as it changes and renews the lease, point ids are
 deterministic so a rerun overwrites, and leftovers of a longer earlier run are deleted. A
 document deleted while it is processed has its freshly written vectors removed again.
+
+A replacement (the document's pending version) runs the same way with its chunks written staged:
+invisible to search beside the active version's. Once all are written, RetrievalService.
+ActivateDocumentVersion switches search to them in one store operation, then `states.complete` makes the
+version the active one. A crash between the two reruns the version: its chunks are then the searchable
+ones and are rewritten visible in place, and the activation is repeated (both idempotent). A failed
+replacement has its staged chunks removed; the active version is untouched.
 """
 
 from __future__ import annotations
@@ -73,6 +80,8 @@ class Claim:
     filename: str
     mime_type: str
     attempts: int
+    version: int = 1
+    staged: bool = False  # a replacement: written invisible until activated
 
 
 class Progress:
@@ -102,7 +111,8 @@ async def claim(pool: asyncpg.Pool, document_id: str, lease_seconds: int) -> Cla
     row = await states.claim(pool, ident, lease_seconds)
     if row is None:
         return None
-    return Claim(row["id"], row["user_id"], row["filename"], row["mime_type"], row["attempts"])
+    return Claim(row["id"], row["user_id"], row["filename"], row["mime_type"], row["attempts"], row["version"],
+                 row["staged"])
 
 
 async def release(pool: asyncpg.Pool, document_id: str, reason: str) -> None:
@@ -115,16 +125,25 @@ async def release(pool: asyncpg.Pool, document_id: str, reason: str) -> None:
 async def fail(resources: WorkerResources, document_id: str, message: str, reason: str) -> None:
     ident = documents.parse_uuid(document_id)
     row = None if ident is None else await states.fail(resources.pool, ident, message, reason)
-    if row is not None:
-        log.info("document_failed", document_id=document_id, error=message, reason=reason)
-        await _remove_vectors(resources, row["user_id"], document_id)
-        await deliver_webhook(resources, row)
+    if row is None:
+        return
+    if row["replaced_version"] is not None:
+        # the active version stays: only the failed version's staged chunks go
+        log.info("document_version_failed", document_id=document_id, version=row["replaced_version"], error=message,
+                 reason=reason)
+        await _remove_vectors(resources, row["user_id"], document_id, version=row["replaced_version"])
+        return
+    log.info("document_failed", document_id=document_id, error=message, reason=reason)
+    await _remove_vectors(resources, row["user_id"], document_id)
+    await deliver_webhook(resources, row)
 
 
-async def _remove_vectors(resources: WorkerResources, user_id: str, document_id: str) -> None:
+async def _remove_vectors(resources: WorkerResources, user_id: str, document_id: str, version: int = 0) -> None:
+    """Every version's chunks, or (`version`) only that version's while it is not the searchable one."""
     try:
         await resources.retrieval.DeleteDocumentChunks(
-            retrieval_pb2.DeleteDocumentChunksRequest(document_id=document_id), **resources.call_options_for(user_id))
+            retrieval_pb2.DeleteDocumentChunksRequest(document_id=document_id, version=version),
+            **resources.call_options_for(user_id))
     except grpc.aio.AioRpcError as error:
         log.warning("vector_cleanup_failed", document_id=document_id, code=error.code().name)
 
@@ -165,7 +184,8 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
     started = time.perf_counter()
     bound = log.bind(document_id=document_id, attempt=claimed.attempts)
     progress = Progress(pool, claimed.id, resources.settings.lease_seconds)
-    content = await pool.fetchval("SELECT content FROM document_blobs WHERE document_id = $1", claimed.id)
+    content = await pool.fetchval("SELECT content FROM document_blobs WHERE document_id = $1 AND version = $2",
+                                  claimed.id, claimed.version)
     if content is None:
         raise PermanentFailure("the stored file is missing", FILE_MISSING)
 
@@ -223,10 +243,12 @@ async def _run(resources: WorkerResources, claimed: Claim) -> str:
             pending = []
         await progress.update(chunks_done=start + len(batch))
 
+    if claimed.staged:
+        await _activate(resources, claimed)
     row = await states.complete(pool, claimed.id, chunk_count=len(chunks), page_count=max(pages_total, pages_done))
     if row is None:
         raise DocumentGone(document_id)
-    bound.info("document_completed", pages=row["page_count"], chunks=len(chunks),
+    bound.info("document_completed", pages=row["page_count"], chunks=len(chunks), version=claimed.version,
                seconds=round(time.perf_counter() - started, 2))
     await deliver_webhook(resources, row)
     return states.Status.COMPLETED
@@ -257,11 +279,23 @@ async def _upsert(resources: WorkerResources, claimed: Claim, chunks: list[retri
                   document_chunk_count: int) -> None:
     request = retrieval_pb2.UpsertChunksRequest(
         document_id=str(claimed.id), filename=claimed.filename, chunks=chunks, embedding_model=model,
-        document_chunk_count=document_chunk_count)
+        document_chunk_count=document_chunk_count, version=claimed.version, staged=claimed.staged)
     try:
         await resources.retrieval.UpsertChunks(request, **resources.call_options_for(claimed.user_id))
     except grpc.aio.AioRpcError as error:
         if error.code() in PERMANENT_GRPC_CODES:
             raise PermanentFailure(f"the retrieval service rejected the chunks: {error.details()}",
+                                   INDEX_REJECTED) from None
+        raise TransientFailure(f"retrieval service {error.code().name.lower()}") from None
+
+
+async def _activate(resources: WorkerResources, claimed: Claim) -> None:
+    """Switch search to the replacement's chunks (one store operation), then the old version's are removed."""
+    request = retrieval_pb2.ActivateDocumentVersionRequest(document_id=str(claimed.id), version=claimed.version)
+    try:
+        await resources.retrieval.ActivateDocumentVersion(request, **resources.call_options_for(claimed.user_id))
+    except grpc.aio.AioRpcError as error:
+        if error.code() in PERMANENT_GRPC_CODES:
+            raise PermanentFailure(f"the retrieval service could not switch to the new version: {error.details()}",
                                    INDEX_REJECTED) from None
         raise TransientFailure(f"retrieval service {error.code().name.lower()}") from None

@@ -145,8 +145,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def ReplaceDocument(self, request_iterator: AsyncIterator[ingest_pb2.ReplaceDocumentRequest],
                               context: grpc.aio.ServicerContext) -> ingest_pb2.ReplaceDocumentResponse:
         """A new version of one of the caller's documents: stored and queued; the active version stays
-        searchable until the new one is indexed (the worker switches them, see states and pipeline)."""
-        user_id = current_user_id()
+        searchable until the new one is indexed (the worker switches them, see states and pipeline). Writes
+        like an upload: a read-only API key is refused, and it counts against the uploads-per-minute quota."""
+        identity = require_write()
+        await self.quotas.admit_upload(identity)
+        user_id = identity.user_id
         metadata, content, sha256 = await _receive(request_iterator, self.settings.max_upload_bytes)
         filename = clean_filename(metadata.filename)
         if not metadata.document_id.strip():

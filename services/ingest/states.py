@@ -7,6 +7,14 @@
     fail                    pending or processing → failed
     recover_expired_leases  processing with an expired lease → pending, or failed after max attempts
     requeue_all             anything but failed → pending (`docent reindex`)
+    start_replacement       completed or failed → pending, with a new pending version (ReplaceDocument)
+
+Versions: the row describes its active version (`version`: file, counts, index time); a replacement sets
+`pending_version`, and the status, stage, progress, attempts and lease then describe that version's
+processing, through the same transitions as an upload (the sweeper and retries need nothing else).
+`complete` of a replacement makes the pending version the active one; `fail` of a replacement records
+the failure on the version (document_versions) and puts the document back to its active version's
+status and error, so the active version stays in place.
 
 A worker owns a `processing` document until `lease_until`; `record_progress` renews the lease, and
 the sweeper's `recover_expired_leases` takes a document back from a worker that died. Every update
@@ -18,6 +26,7 @@ state they start from: a late or duplicate caller is told so by their result.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from enum import StrEnum
 
 import asyncpg
@@ -35,6 +44,8 @@ TERMINAL = frozenset({Status.COMPLETED, Status.FAILED})
 WORKER_LOST = "WORKER_LOST"
 # what a document that reached a terminal state is handed on with: its webhook and its vector cleanup
 FINISHED_COLUMNS = "id, user_id, filename, status, error, error_reason, page_count, chunk_count, webhook_url"
+# the version a document's processing works on: a replacement's, else the active one (an upload, a reindex)
+WORK_VERSION = "coalesce(pending_version, version)"
 
 Executor = asyncpg.Connection | asyncpg.Pool
 
@@ -45,15 +56,23 @@ async def claim(db: Executor, document_id: uuid.UUID, lease_seconds: int) -> asy
     """pending (or processing with an expired lease) → processing, leased to the caller for `lease_seconds`.
 
     Counts an attempt and resets the progress of an earlier one. None when it is not claimable: done,
-    deleted, or another worker's lease is live. The row has id, user_id, filename, mime_type, attempts.
+    deleted, or another worker's lease is live. The row has id, user_id, attempts, and of the version to
+    process (the pending one, else the active one): version, filename, mime_type; `staged` is True for a
+    replacement (its chunks are written invisible until the switch).
     """
     return await db.fetchrow(
-        """UPDATE documents
+        f"""UPDATE documents
            SET status = 'processing', stage = 'parsing', attempts = attempts + 1, error = NULL, error_reason = NULL,
                pages_done = 0, pages_total = 0, chunks_done = 0, chunks_total = 0,
                lease_until = now() + make_interval(secs => $2), updated_at = now()
            WHERE id = $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
-           RETURNING id, user_id, filename, mime_type, attempts""",
+           RETURNING id, user_id, attempts, {WORK_VERSION} AS version, pending_version IS NOT NULL AS staged,
+                     coalesce((SELECT v.filename FROM document_versions v
+                               WHERE v.document_id = documents.id AND v.version = documents.pending_version),
+                              filename) AS filename,
+                     coalesce((SELECT v.mime_type FROM document_versions v
+                               WHERE v.document_id = documents.id AND v.version = documents.pending_version),
+                              mime_type) AS mime_type""",
         document_id, lease_seconds)
 
 
@@ -75,13 +94,27 @@ async def record_progress(db: Executor, document_id: uuid.UUID, lease_seconds: i
 
 async def complete(db: Executor, document_id: uuid.UUID, *, chunk_count: int,
                    page_count: int) -> asyncpg.Record | None:
-    """processing → completed, with the final counts; None when the document is no longer processing."""
+    """processing → completed, with the final counts; None when the document is no longer processing.
+
+    The processed version becomes the active one: for a replacement, the row takes its file's name, type,
+    size and hash, and `pending_version` is cleared (in the same statement: readers see one or the other).
+    """
     return await db.fetchrow(
-        f"""UPDATE documents SET status = 'completed', stage = 'completed', error = NULL, error_reason = NULL,
+        f"""WITH target AS (
+                SELECT id AS target_id, {WORK_VERSION} AS done_version FROM documents
+                WHERE id = $1 AND status = 'processing' FOR UPDATE),
+            done AS (
+                UPDATE document_versions v SET status = 'completed', error = NULL, error_reason = NULL,
+                       indexed_at = now()
+                FROM target WHERE v.document_id = target.target_id AND v.version = target.done_version
+                RETURNING v.version AS done_version_number, v.filename AS v_filename, v.mime_type AS v_mime_type,
+                          v.file_size AS v_file_size, v.sha256 AS v_sha256)
+            UPDATE documents SET status = 'completed', stage = 'completed', error = NULL, error_reason = NULL,
                    lease_until = NULL,
                    chunks_done = $2, chunk_count = $2, page_count = $3, pages_done = $3, indexed_at = now(),
-                   updated_at = now()
-            WHERE id = $1 AND status = 'processing' RETURNING {FINISHED_COLUMNS}""",
+                   updated_at = now(), version = done_version_number, pending_version = NULL,
+                   filename = v_filename, mime_type = v_mime_type, file_size = v_file_size, sha256 = v_sha256
+            FROM target, done WHERE id = target.target_id RETURNING {FINISHED_COLUMNS}""",
         document_id, chunk_count, page_count)
 
 
@@ -94,12 +127,43 @@ async def release(db: Executor, document_id: uuid.UUID, reason: str) -> None:
 
 
 async def fail(db: Executor, document_id: uuid.UUID, message: str, reason: str) -> asyncpg.Record | None:
-    """pending or processing → failed, with a message and a stable reason code; None when already terminal."""
+    """pending or processing → failed, with a message and a stable reason code; None when already terminal.
+
+    The processed version is marked failed with them. A replacement's failure leaves the active version in
+    place: the document goes back to that version's status and error (completed, or failed if it had),
+    and the row's `replaced_version` names the failed version (None for an upload's failure).
+    """
     return await db.fetchrow(
-        f"""UPDATE documents SET status = 'failed', stage = 'failed', error = $2, error_reason = $3,
-                   lease_until = NULL, updated_at = now()
-            WHERE id = $1 AND status IN ('pending', 'processing') RETURNING {FINISHED_COLUMNS}""",
+        f"""WITH target AS (
+                SELECT d.id AS target_id, d.pending_version AS replaced_version, a.status AS active_status,
+                       a.error AS active_error, a.error_reason AS active_reason
+                FROM documents d LEFT JOIN document_versions a
+                     ON d.pending_version IS NOT NULL AND a.document_id = d.id AND a.version = d.version
+                WHERE d.id = $1 AND d.status IN ('pending', 'processing') FOR UPDATE OF d),
+            marked AS (
+                UPDATE document_versions v SET status = 'failed', error = $2, error_reason = $3
+                FROM documents d, target t
+                WHERE d.id = t.target_id AND v.document_id = d.id AND v.version = coalesce(d.pending_version, d.version))
+            UPDATE documents SET
+                   status = CASE WHEN replaced_version IS NULL THEN 'failed' ELSE coalesce(active_status, 'failed') END,
+                   stage = CASE WHEN replaced_version IS NULL THEN 'failed' ELSE coalesce(active_status, 'failed') END,
+                   error = CASE WHEN replaced_version IS NULL THEN $2 ELSE active_error END,
+                   error_reason = CASE WHEN replaced_version IS NULL THEN $3 ELSE active_reason END,
+                   pending_version = NULL, lease_until = NULL, updated_at = now()
+            FROM target WHERE id = target.target_id RETURNING {FINISHED_COLUMNS}, replaced_version""",
         document_id, message[:1000], reason)
+
+
+async def start_replacement(db: Executor, document_id: uuid.UUID, version: int) -> bool:
+    """completed or failed → pending, processing `version` (already stored in document_versions) while the
+    active version stays. False when a version of the document is being processed (or it is gone)."""
+    started = await db.fetchval(
+        """UPDATE documents SET status = 'pending', stage = 'queued', pending_version = $2, attempts = 0,
+                  error = NULL, error_reason = NULL, pages_done = 0, pages_total = 0, chunks_done = 0,
+                  chunks_total = 0, lease_until = NULL, enqueued_at = NULL, task_id = NULL, updated_at = now()
+           WHERE id = $1 AND status IN ('completed', 'failed') AND pending_version IS NULL RETURNING 1""",
+        document_id, version)
+    return started is not None
 
 
 # enqueueing and the sweeper -----------------------------------------------------------------------
@@ -110,10 +174,20 @@ async def mark_enqueued(db: Executor, document_id: uuid.UUID, task_id: str) -> N
                      document_id, task_id)
 
 
-async def recover_expired_leases(db: Executor, max_attempts: int) -> list[asyncpg.Record]:
+async def recover_expired_leases(db: Executor, max_attempts: int) -> list[Mapping[str, object]]:
     """processing with an expired lease (its worker died) → pending, or failed (WORKER_LOST) once it used
-    `max_attempts`. Returns (id, status) of each, with its new status."""
-    return list(await db.fetch(
+    `max_attempts`. Returns (id, status) of each, with its new status. A replacement that used them up fails
+    as `fail` says (its active version stays); it is reported as failed."""
+    exhausted = await db.fetch(
+        """SELECT id, attempts FROM documents
+           WHERE status = 'processing' AND lease_until < now() AND attempts >= $1 AND pending_version IS NOT NULL""",
+        max_attempts)
+    replacements: list[Mapping[str, object]] = []
+    for row in exhausted:
+        if await fail(db, row["id"], f"processing did not finish after {row['attempts']} attempts (worker lost)",
+                      WORKER_LOST) is not None:
+            replacements.append({"id": row["id"], "status": Status.FAILED})
+    return replacements + list(await db.fetch(
         """UPDATE documents
            SET status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'pending' END,
                stage = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END,

@@ -279,16 +279,38 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                         sparse=sparse.document_vector(chunk.text))
             for chunk in request.chunks
         ]
-        count = await self.store.upsert_chunks(user_id, document_id, request.filename, records)
+        if request.version < 0:
+            raise InvalidArgument("version must be >= 1 (0 means 1)", reason="VERSION_INVALID")
+        version = request.version or 1
+        count = await self.store.upsert_chunks(user_id, document_id, request.filename, records, version=version,
+                                               staged=request.staged)
         if request.document_chunk_count > 0:
-            await self.store.delete_stale_chunks(user_id, document_id, request.document_chunk_count)
+            await self.store.delete_stale_chunks(user_id, document_id, request.document_chunk_count, version=version)
         return retrieval_pb2.UpsertChunksResponse(upserted_count=count, collection=Source.DOCUMENTS.collection)
 
     async def DeleteDocumentChunks(self, request: retrieval_pb2.DeleteDocumentChunksRequest,
                                    context: grpc.aio.ServicerContext):
         self._require_current_index()
-        await self.store.delete_document(current_user_id(), _require(request.document_id, "document_id"))
+        document_id = _require(request.document_id, "document_id")
+        if request.version > 0:
+            await self.store.delete_version(current_user_id(), document_id, request.version)
+        else:
+            await self.store.delete_document(current_user_id(), document_id)
         return empty_pb2.Empty()
+
+    async def ActivateDocumentVersion(self, request: retrieval_pb2.ActivateDocumentVersionRequest,
+                                      context: grpc.aio.ServicerContext):
+        self._require_current_index()
+        document_id = _require(request.document_id, "document_id")
+        if request.version < 1:
+            raise InvalidArgument("version must be >= 1", reason="VERSION_INVALID")
+        try:
+            count = await self.store.activate_version(current_user_id(), document_id, request.version)
+        except KeyError:
+            raise FailedPrecondition(f"document {document_id} has no chunks of version {request.version}",
+                                     reason="VERSION_NOT_INDEXED") from None
+        log.info("document_version_activated", document_id=document_id, version=request.version, chunks=count)
+        return retrieval_pb2.ActivateDocumentVersionResponse(chunk_count=count)
 
     async def UpsertChatTurn(self, request: retrieval_pb2.UpsertChatTurnRequest, context: grpc.aio.ServicerContext):
         self._require_current_index()

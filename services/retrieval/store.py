@@ -3,6 +3,14 @@
 Two collections, one per source (document chunks, chat turns), each partitioned by a `user_id`
 tenant payload index. Every read and write names the user, and the adapters put it inside the
 store's filter: another tenant's points are never fetched, not filtered out afterwards.
+
+Document versions (a document replaced in place): each chunk point carries its `version`, a `slot`
+(0 or 1) and a `live` value (0 or 1); search and count only see points whose slot equals their live
+value (or that have no `live` at all: points written before versions existed). A version is written
+visible (slot = live) or staged (slot = 1 - live, on the slot the searchable version does not use);
+activating a staged version is ONE set-payload-by-filter that writes `live = its slot` on every point
+of the document: the old version's points stop matching and the new ones start matching in the same
+operation, so no search sees a mix of both or neither. The old version's points are deleted after.
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ class DimensionMismatch(RuntimeError):
     """The store was built with another embedding model: a reindex is needed."""
 
 
-def chunk_point_id(document_id: str, chunk_index: int) -> str:
-    return str(uuid.uuid5(POINT_NAMESPACE, f"chunk:{document_id}:{chunk_index}"))
+def chunk_point_id(document_id: str, chunk_index: int, version: int = 1) -> str:
+    """Version 1 keeps the ids chunks had before versions existed; later versions get ids of their own."""
+    key = f"chunk:{document_id}:{chunk_index}" if version <= 1 else f"chunk:{document_id}:v{version}:{chunk_index}"
+    return str(uuid.uuid5(POINT_NAMESPACE, key))
 
 
 def turn_point_id(turn_id: str) -> str:
@@ -102,12 +112,22 @@ class VectorStore(Protocol):
     async def close(self) -> None: ...
 
     async def upsert_chunks(self, user_id: str, document_id: str, filename: str,
-                            chunks: Sequence[ChunkRecord]) -> int: ...
+                            chunks: Sequence[ChunkRecord], version: int = 1, staged: bool = False) -> int:
+        """Write one version's chunks: searchable at once, or `staged` (invisible until activate_version)
+        unless `version` is already the document's searchable one."""
 
-    async def delete_stale_chunks(self, user_id: str, document_id: str, keep_below: int) -> None:
-        """Delete this document's chunks with chunk_index >= keep_below (left from an earlier run)."""
+    async def delete_stale_chunks(self, user_id: str, document_id: str, keep_below: int, version: int = 1) -> None:
+        """Delete this version's chunks with chunk_index >= keep_below (left from an earlier run)."""
 
-    async def delete_document(self, user_id: str, document_id: str) -> None: ...
+    async def activate_version(self, user_id: str, document_id: str, version: int) -> int:
+        """Make `version` the document's searchable version in one store operation, then delete the other
+        versions' points; returns its number of chunks. KeyError when the version has no chunks."""
+
+    async def delete_version(self, user_id: str, document_id: str, version: int) -> None:
+        """Delete a staged version's chunks (a failed replacement); nothing when it is the searchable one."""
+
+    async def delete_document(self, user_id: str, document_id: str) -> None:
+        """Every version's chunks of the document."""
 
     async def upsert_turn(self, user_id: str, turn: TurnRecord) -> str: ...
 
@@ -130,10 +150,25 @@ class VectorStore(Protocol):
         """Drop both collections and create them anew (reindex)."""
 
 
-def chunk_payload(user_id: str, document_id: str, filename: str, chunk: ChunkRecord) -> dict[str, object]:
+def write_slot(live: dict[str, object] | None, version: int, staged: bool) -> tuple[int, int]:
+    """(slot, live) for the points of `version`, given the payload of one searchable point of the
+    document (None: it has none). Visible writes take the searchable slot; staged ones the other."""
+    live_slot = int(live.get("live", 0)) if live else 0  # points from before versions count as slot 0
+    live_version = int(live.get("version", 1)) if live else 0
+    if not staged or live_version == version:
+        return live_slot, live_slot
+    slot = 1 - live_slot
+    return slot, live_slot
+
+
+def chunk_payload(user_id: str, document_id: str, filename: str, chunk: ChunkRecord, version: int = 1,
+                  slot: int = 0, live: int = 0) -> dict[str, object]:
     return {
         "user_id": user_id,
         "document_id": document_id,
+        "version": version,
+        "slot": slot,
+        "live": live,
         "filename": filename,
         "chunk_index": chunk.chunk_index,
         "page_start": chunk.page_start,

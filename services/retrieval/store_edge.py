@@ -31,12 +31,15 @@ from services.retrieval.store import (
     normalise_rrf,
     turn_payload,
     turn_point_id,
+    write_slot,
 )
 
 UPSERT_BATCH = 256
 HYBRID_PREFETCH = 50
 _INDEXES: dict[Source, list[tuple[str, object]]] = {
-    Source.DOCUMENTS: [("document_id", qe.PayloadSchemaType.Keyword), ("chunk_index", qe.PayloadSchemaType.Integer)],
+    Source.DOCUMENTS: [("document_id", qe.PayloadSchemaType.Keyword), ("chunk_index", qe.PayloadSchemaType.Integer),
+                       ("version", qe.PayloadSchemaType.Integer), ("slot", qe.PayloadSchemaType.Integer),
+                       ("live", qe.PayloadSchemaType.Integer)],
     Source.CHAT_HISTORY: [("conversation_id", qe.PayloadSchemaType.Keyword)],
 }
 
@@ -52,8 +55,27 @@ def _match(key: str, value: str) -> qe.FieldCondition:
     return qe.FieldCondition(key=key, match=qe.MatchValue(value))
 
 
+def _int(key: str, value: int) -> qe.FieldCondition:
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+
+# a chunk is searchable when its slot is the live one, or it predates versions (no `live`)
+_VISIBLE = qe.Filter(should=[qe.IsEmptyCondition("live"),
+                             qe.Filter(must=[_int("slot", 0), _int("live", 0)]),
+                             qe.Filter(must=[_int("slot", 1), _int("live", 1)])])
+
+
+def _version(version: int) -> object:
+    # version 1 includes the points written before versions existed
+    if version == 1:
+        return qe.Filter(should=[_int("version", 1), qe.IsEmptyCondition("version")])
+    return _int("version", version)
+
+
 def _filter(source: Source, user_id: str, filters: SearchFilters | None) -> qe.Filter:
     must: list[object] = [_match("user_id", user_id)]
+    if source is Source.DOCUMENTS:
+        must.append(_VISIBLE)
     must_not: list[object] = []
     if filters:
         if source is Source.DOCUMENTS and filters.document_ids:
@@ -134,30 +156,68 @@ class EdgeStore:
 
     # writes -------------------------------------------------------------------------------------
 
+    def _document(self, user_id: str, document_id: str, *conditions: object,
+                  must_not: list[object] | None = None) -> qe.Filter:
+        return qe.Filter(must=[_match("user_id", user_id), _match("document_id", document_id), *conditions],
+                         must_not=must_not)
+
+    def _first_payload(self, condition: qe.Filter) -> dict[str, object] | None:
+        records, _ = self._shard(Source.DOCUMENTS).scroll(qe.ScrollRequest(limit=1, filter=condition,
+                                                                           with_payload=True, with_vector=False))
+        return dict(records[0].payload or {}) if records else None
+
     async def upsert_chunks(self, user_id: str, document_id: str, filename: str,
-                            chunks: Sequence[ChunkRecord]) -> int:
+                            chunks: Sequence[ChunkRecord], version: int = 1, staged: bool = False) -> int:
         shard = self._shard(Source.DOCUMENTS)
+        live = await asyncio.to_thread(self._first_payload, self._document(user_id, document_id, _VISIBLE))
+        slot, live_slot = write_slot(live, version, staged)
         for start in range(0, len(chunks), UPSERT_BATCH):
             points = [
-                qe.Point(chunk_point_id(document_id, chunk.chunk_index), _vectors(chunk.embedding, chunk.sparse),
-                         chunk_payload(user_id, document_id, filename, chunk))
+                qe.Point(chunk_point_id(document_id, chunk.chunk_index, version),
+                         _vectors(chunk.embedding, chunk.sparse),
+                         chunk_payload(user_id, document_id, filename, chunk, version, slot, live_slot))
                 for chunk in chunks[start:start + UPSERT_BATCH]
             ]
             await asyncio.to_thread(shard.update, qe.UpdateOperation.upsert_points(points))
         return len(chunks)
 
-    async def delete_stale_chunks(self, user_id: str, document_id: str, keep_below: int) -> None:
-        stale = qe.Filter(must=[
-            _match("user_id", user_id), _match("document_id", document_id),
-            qe.FieldCondition(key="chunk_index", range=qe.RangeFloat(gte=float(keep_below))),
-        ])
+    async def delete_stale_chunks(self, user_id: str, document_id: str, keep_below: int, version: int = 1) -> None:
+        stale = self._document(user_id, document_id, _version(version),
+                               qe.FieldCondition(key="chunk_index", range=qe.RangeFloat(gte=float(keep_below))))
         await asyncio.to_thread(self._shard(Source.DOCUMENTS).update,
                                 qe.UpdateOperation.delete_points_by_filter(stale))
 
+    async def activate_version(self, user_id: str, document_id: str, version: int) -> int:
+        return await asyncio.to_thread(self._activate_sync, user_id, document_id, version)
+
+    def _activate_sync(self, user_id: str, document_id: str, version: int) -> int:
+        shard = self._shard(Source.DOCUMENTS)
+        first = self._first_payload(self._document(user_id, document_id, _version(version)))
+        if first is None:
+            raise KeyError(f"document {document_id} has no chunks of version {version}")
+        slot = int(first.get("slot", 0))
+        # invisible leftovers of other versions on the same slot (a failed replacement) would turn visible
+        shard.update(qe.UpdateOperation.delete_points_by_filter(
+            self._document(user_id, document_id, _int("slot", slot), must_not=[_version(version)])))
+        # the switch: one operation makes this version's points match and every other version's not
+        shard.update(qe.UpdateOperation.set_payload_by_filter(self._document(user_id, document_id), {"live": slot}))
+        shard.update(qe.UpdateOperation.delete_points_by_filter(
+            self._document(user_id, document_id, must_not=[_int("slot", slot)])))
+        return int(shard.count(qe.CountRequest(exact=True, filter=self._document(user_id, document_id))))
+
+    async def delete_version(self, user_id: str, document_id: str, version: int) -> None:
+        await asyncio.to_thread(self._delete_version_sync, user_id, document_id, version)
+
+    def _delete_version_sync(self, user_id: str, document_id: str, version: int) -> None:
+        live = self._first_payload(self._document(user_id, document_id, _VISIBLE))
+        if live is not None and int(live.get("version", 1)) == version:
+            return  # the searchable version is never removed this way
+        self._shard(Source.DOCUMENTS).update(qe.UpdateOperation.delete_points_by_filter(
+            self._document(user_id, document_id, _version(version))))
+
     async def delete_document(self, user_id: str, document_id: str) -> None:
-        condition = qe.Filter(must=[_match("user_id", user_id), _match("document_id", document_id)])
         await asyncio.to_thread(self._shard(Source.DOCUMENTS).update,
-                                qe.UpdateOperation.delete_points_by_filter(condition))
+                                qe.UpdateOperation.delete_points_by_filter(self._document(user_id, document_id)))
 
     async def upsert_turn(self, user_id: str, turn: TurnRecord) -> str:
         point_id = turn_point_id(turn.turn_id)

@@ -26,13 +26,16 @@ from services.retrieval.store import (
     normalise_rrf,
     turn_payload,
     turn_point_id,
+    write_slot,
 )
 
 UPSERT_BATCH = 256
 HYBRID_PREFETCH = 50
 _INDEXES: dict[Source, list[tuple[str, models.PayloadSchemaType]]] = {
     Source.DOCUMENTS: [("document_id", models.PayloadSchemaType.KEYWORD),
-                       ("chunk_index", models.PayloadSchemaType.INTEGER)],
+                       ("chunk_index", models.PayloadSchemaType.INTEGER),
+                       ("version", models.PayloadSchemaType.INTEGER), ("slot", models.PayloadSchemaType.INTEGER),
+                       ("live", models.PayloadSchemaType.INTEGER)],
     Source.CHAT_HISTORY: [("conversation_id", models.PayloadSchemaType.KEYWORD)],
 }
 
@@ -41,8 +44,35 @@ def _match(key: str, value: str) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 
+def _int(key: str, value: int) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+# a chunk is searchable when its slot is the live one, or it predates versions (no `live`)
+_VISIBLE = models.Filter(should=[
+    models.IsEmptyCondition(is_empty=models.PayloadField(key="live")),
+    models.Filter(must=[_int("slot", 0), _int("live", 0)]),
+    models.Filter(must=[_int("slot", 1), _int("live", 1)])])
+
+
+def _version(version: int) -> models.Condition:
+    # version 1 includes the points written before versions existed
+    if version == 1:
+        return models.Filter(should=[_int("version", 1),
+                                     models.IsEmptyCondition(is_empty=models.PayloadField(key="version"))])
+    return _int("version", version)
+
+
+def _document(user_id: str, document_id: str, *conditions: models.Condition,
+              must_not: list[models.Condition] | None = None) -> models.Filter:
+    return models.Filter(must=[_match("user_id", user_id), _match("document_id", document_id), *conditions],
+                         must_not=must_not)
+
+
 def _filter(source: Source, user_id: str, filters: SearchFilters | None) -> models.Filter:
     must: list[models.Condition] = [_match("user_id", user_id)]
+    if source is Source.DOCUMENTS:
+        must.append(_VISIBLE)
     must_not: list[models.Condition] = []
     if filters:
         if source is Source.DOCUMENTS and filters.document_ids:
@@ -119,30 +149,57 @@ class QdrantServerStore:
         await self.client.get_collections()
         return True
 
+    async def _first_payload(self, condition: models.Filter) -> dict[str, object] | None:
+        points, _ = await self.client.scroll(Source.DOCUMENTS.collection, scroll_filter=condition, limit=1,
+                                             with_payload=True, with_vectors=False)
+        return dict(points[0].payload or {}) if points else None
+
+    async def _delete(self, condition: models.Filter) -> None:
+        await self.client.delete(Source.DOCUMENTS.collection, points_selector=models.FilterSelector(filter=condition),
+                                 wait=True)
+
     async def upsert_chunks(self, user_id: str, document_id: str, filename: str,
-                            chunks: Sequence[ChunkRecord]) -> int:
+                            chunks: Sequence[ChunkRecord], version: int = 1, staged: bool = False) -> int:
+        live = await self._first_payload(_document(user_id, document_id, _VISIBLE))
+        slot, live_slot = write_slot(live, version, staged)
         for start in range(0, len(chunks), UPSERT_BATCH):
             points = [
-                models.PointStruct(id=chunk_point_id(document_id, chunk.chunk_index),
+                models.PointStruct(id=chunk_point_id(document_id, chunk.chunk_index, version),
                                    vector=_vectors(chunk.embedding, chunk.sparse),  # type: ignore[arg-type]
-                                   payload=chunk_payload(user_id, document_id, filename, chunk))
+                                   payload=chunk_payload(user_id, document_id, filename, chunk, version, slot,
+                                                         live_slot))
                 for chunk in chunks[start:start + UPSERT_BATCH]
             ]
             await self.client.upsert(Source.DOCUMENTS.collection, points=points, wait=True)
         return len(chunks)
 
-    async def delete_stale_chunks(self, user_id: str, document_id: str, keep_below: int) -> None:
-        stale = models.Filter(must=[
-            _match("user_id", user_id), _match("document_id", document_id),
-            models.FieldCondition(key="chunk_index", range=models.Range(gte=keep_below)),
-        ])
-        await self.client.delete(Source.DOCUMENTS.collection, points_selector=models.FilterSelector(filter=stale),
-                                 wait=True)
+    async def delete_stale_chunks(self, user_id: str, document_id: str, keep_below: int, version: int = 1) -> None:
+        await self._delete(_document(user_id, document_id, _version(version),
+                                     models.FieldCondition(key="chunk_index", range=models.Range(gte=keep_below))))
+
+    async def activate_version(self, user_id: str, document_id: str, version: int) -> int:
+        first = await self._first_payload(_document(user_id, document_id, _version(version)))
+        if first is None:
+            raise KeyError(f"document {document_id} has no chunks of version {version}")
+        slot = int(first.get("slot", 0))
+        # invisible leftovers of other versions on the same slot (a failed replacement) would turn visible
+        await self._delete(_document(user_id, document_id, _int("slot", slot), must_not=[_version(version)]))
+        # the switch: one operation makes this version's points match and every other version's not
+        await self.client.set_payload(Source.DOCUMENTS.collection, payload={"live": slot},
+                                      points=models.FilterSelector(filter=_document(user_id, document_id)), wait=True)
+        await self._delete(_document(user_id, document_id, must_not=[_int("slot", slot)]))
+        reply = await self.client.count(Source.DOCUMENTS.collection, count_filter=_document(user_id, document_id),
+                                        exact=True)
+        return int(reply.count)
+
+    async def delete_version(self, user_id: str, document_id: str, version: int) -> None:
+        live = await self._first_payload(_document(user_id, document_id, _VISIBLE))
+        if live is not None and int(live.get("version", 1)) == version:
+            return  # the searchable version is never removed this way
+        await self._delete(_document(user_id, document_id, _version(version)))
 
     async def delete_document(self, user_id: str, document_id: str) -> None:
-        condition = models.Filter(must=[_match("user_id", user_id), _match("document_id", document_id)])
-        await self.client.delete(Source.DOCUMENTS.collection,
-                                 points_selector=models.FilterSelector(filter=condition), wait=True)
+        await self._delete(_document(user_id, document_id))
 
     async def upsert_turn(self, user_id: str, turn: TurnRecord) -> str:
         point_id = turn_point_id(turn.turn_id)

@@ -1,6 +1,7 @@
 """The web UI in a real headless Chromium (Debian's /usr/bin/chromium via Python Playwright) against a
 real `docent up`: sign up, drop a PDF, watch it reach completed, ask, read a streamed answer whose
-source points at the right page, follow up in the same conversation, then use the sidebar."""
+source points at the right page, follow up in the same conversation, then use the sidebar; then API keys
+(created, shown once, used from outside the browser, revoked), quota usage and the over-quota messages."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import TESTDATA
@@ -18,6 +20,10 @@ CHROMIUM = os.environ.get("DOCENT_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOT = Path(os.environ.get("DOCENT_UI_SCREENSHOT", "/tmp/docent-ui.png"))
 QUESTION = "Which Stata file versions can R's read.dta and write.dta handle?"
 FOLLOW_UP = "And what about SPSS files?"
+# quotas small enough to see and to reach: each test user keeps at most QUOTA_DOCUMENTS documents
+QUOTA_DOCUMENTS = 2
+QUOTA_STORED_BYTES = 64 * 1024 * 1024
+QUOTA_UPLOADS_PER_MINUTE = 30
 
 if not shutil.which(CHROMIUM):
     if os.environ.get("CI"):  # CI installs it: a missing browser there is a failure, not a skip
@@ -27,7 +33,8 @@ if not shutil.which(CHROMIUM):
 
 @pytest.fixture(scope="module")
 def stack():
-    up = start_up()
+    up = start_up({"DOCENT_QUOTA_DOCUMENTS": str(QUOTA_DOCUMENTS), "DOCENT_QUOTA_STORED_BYTES": str(QUOTA_STORED_BYTES),
+                   "DOCENT_QUOTA_UPLOADS_PER_MINUTE": str(QUOTA_UPLOADS_PER_MINUTE)})
     try:
         up.wait_for("Docent is up", 180)
         up.track_descendants()
@@ -155,6 +162,136 @@ async def test_sign_up_upload_ask_and_follow_up(stack) -> None:
             await expect(page.get_by_test_id("account-name")).to_have_text("Ada Lovelace")
             await expect(row).to_have_attribute("data-status", "completed")
             assert not console_errors, console_errors
+        finally:
+            await browser.close()
+
+
+async def sign_up(page, stack: str, email: str, name: str) -> None:
+    from playwright.async_api import expect
+
+    await page.goto(stack)
+    await page.get_by_test_id("tab-signup").click()
+    await page.get_by_test_id("auth-email").fill(email)
+    await page.get_by_test_id("auth-username").fill(name)
+    await page.get_by_test_id("auth-password").fill("correct horse battery")
+    await page.get_by_test_id("auth-submit").click()
+    await expect(page.get_by_test_id("account-name")).to_have_text(name)
+
+
+async def test_api_keys_usage_and_limits(stack) -> None:
+    """Usage against the quotas follows uploads and deletes; an upload over the document quota and a chat over
+    its rate say so (with when to retry); an API key is created in the UI, shown once, copied, works from
+    outside the browser, and stops working when revoked in the UI."""
+    from playwright.async_api import async_playwright, expect
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = await browser.new_context(viewport={"width": 1440, "height": 900})
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack)
+        page = await context.new_page()
+        console_errors: list[str] = []
+        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+        page.on("pageerror", lambda error: console_errors.append(str(error)))
+        try:
+            await sign_up(page, stack, "grace@example.com", "Grace Hopper")
+
+            # usage: nothing stored yet, then each upload counts (documents in every state count)
+            documents, storage = page.get_by_test_id("usage-documents"), page.get_by_test_id("usage-storage")
+            documents_used = documents.locator(".usage-value")
+            await expect(documents_used).to_have_text(f"0 of {QUOTA_DOCUMENTS}")
+            await expect(storage).to_contain_text("0 B of 64 MB")
+            await expect(page.get_by_test_id("usage-rates")).to_contain_text(f"{QUOTA_UPLOADS_PER_MINUTE} uploads")
+            notes = [(f"note-{i}.md", f"# Note {i}\n\nCOBOL compiler notes, part {i}.\n".encode(), "text/markdown")
+                     for i in range(3)]
+            await drop_files(page, "#dropzone", notes[:1])
+            await expect(documents_used).to_have_text(f"1 of {QUOTA_DOCUMENTS}")
+            await expect(storage).to_have_attribute("data-used", str(len(notes[0][1])))
+            await expect(storage).to_contain_text(f"{len(notes[0][1])} B of 64 MB")
+            await drop_files(page, "#dropzone", notes[1:2])
+            await expect(documents_used).to_have_text(f"2 of {QUOTA_DOCUMENTS}")
+            await expect(documents).to_have_class("usage-row full")
+
+            # over the document quota: the upload's row and a toast say what to do
+            await drop_files(page, "#dropzone", notes[2:])
+            refused = page.locator('[data-testid="doc-row"][data-filename="note-2.md"]')
+            await expect(refused).to_have_attribute("data-status", "failed")
+            await expect(refused.get_by_test_id("doc-error")).to_have_text(
+                "Your document quota is used up: delete documents to upload more.")
+            await refused.get_by_role("button", name="Dismiss").click()
+
+            # a delete gives the room back
+            page.once("dialog", lambda dialog: dialog.accept())
+            await page.locator('[data-testid="doc-row"][data-filename="note-1.md"]').get_by_test_id("doc-delete").click()
+            await expect(documents_used).to_have_text(f"1 of {QUOTA_DOCUMENTS}")
+
+            # a chat over its rate (the answer the gateway gives then, 429 with Retry-After): when to retry,
+            # and the question stays in the box
+            async def rate_limited(route):
+                await route.fulfill(status=429, headers={"Retry-After": "42"}, json={
+                    "detail": "your limit of chats per minute is reached; try again in 42 s",
+                    "reason": "CHAT_RATE_LIMITED"})
+            await page.route("**/api/chat/stream", rate_limited)
+            await page.get_by_test_id("question").fill("What do the notes say?")
+            await page.get_by_test_id("question").press("Enter")
+            limited = page.get_by_test_id("assistant-message").last
+            await expect(limited).to_have_attribute("data-error-reason", "CHAT_RATE_LIMITED")
+            await expect(limited).to_contain_text("You have reached your limit of questions per minute. Try again in 42 s")
+            await expect(page.get_by_test_id("question")).to_have_value("What do the notes say?")
+            await page.unroute("**/api/chat/stream")
+
+            # API keys: create one, shown once with a copy button
+            await page.get_by_test_id("open-api-keys").click()
+            dialog = page.get_by_test_id("keys-dialog")
+            await expect(dialog).to_be_visible()
+            await expect(page.get_by_test_id("key-row")).to_have_count(0)
+            await page.get_by_test_id("key-name-input").fill("nightly-sync")
+            await page.get_by_test_id("key-access-input").select_option("read")
+            await page.get_by_test_id("key-expires-input").fill("30")
+            await page.get_by_test_id("key-chats-input").fill("20")
+            await page.get_by_test_id("key-create").click()
+            shown = page.get_by_test_id("new-key")
+            await expect(shown).to_be_visible()
+            key = (await shown.text_content() or "").strip()
+            assert key.startswith("dk_"), key
+            await expect(page.get_by_test_id("key-warning")).to_contain_text("you will not see it again")
+            await page.get_by_test_id("copy-key").click()
+            await expect(page.get_by_test_id("copy-key")).to_have_text("Copied")
+            assert await page.evaluate("navigator.clipboard.readText()") == key
+            row = page.locator('[data-testid="key-row"][data-name="nightly-sync"]')
+            await expect(row).to_have_count(1)
+            await expect(row.get_by_test_id("key-prefix")).to_have_text(f"{key[:11]}…")
+            await expect(row.get_by_test_id("key-access")).to_have_text("Read")
+            await expect(row.get_by_test_id("key-last-used")).to_have_text("Never")
+            await expect(row).to_contain_text("20 questions/min")
+
+            # the key works from outside the browser
+            async with httpx.AsyncClient(base_url=stack, timeout=30) as client:
+                bearer = {"Authorization": f"Bearer {key}"}
+                listed = await client.get("/api/upload/", headers=bearer)
+                assert listed.status_code == 200, listed.text
+                assert [doc["filename"] for doc in listed.json()] == ["note-0.md"]
+
+                # shown once: after a reload the list has the key, the page does not
+                await page.reload()
+                await page.get_by_test_id("open-api-keys").click()
+                await expect(row).to_have_count(1)
+                await expect(row.get_by_test_id("key-last-used")).to_have_text("just now")
+                await expect(page.get_by_test_id("key-created")).to_be_hidden()
+                assert key not in await page.content()
+
+                # revoke, confirmed: gone from the list, refused at once
+                page.once("dialog", lambda confirm: confirm.accept())
+                await row.get_by_test_id("key-revoke").click()
+                await expect(row).to_have_count(0)
+                await expect(page.get_by_test_id("key-count")).to_have_text("0")
+                refused_key = await client.get("/api/upload/", headers=bearer)
+                assert refused_key.status_code == 401, refused_key.text
+            await page.keyboard.press("Escape")
+            await expect(dialog).to_be_hidden()
+
+            # the browser logs each refused request (the 429s above); nothing else may fail
+            unexpected = [e for e in console_errors if "status of 429" not in e]
+            assert not unexpected, unexpected
         finally:
             await browser.close()
 

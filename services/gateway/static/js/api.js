@@ -2,11 +2,54 @@
 const TOKEN_KEY = 'docent.token';
 
 export class ApiError extends Error {
-  constructor(status, detail, reason = '') {
+  /** retryAfter: seconds from the Retry-After header (429, 503), or null. */
+  constructor(status, detail, reason = '', retryAfter = null) {
     super(detail);
     this.status = status;
     this.reason = reason;
+    this.retryAfter = retryAfter;
   }
+}
+
+/** Retry-After is seconds or an HTTP date; the wait in whole seconds, or null. */
+export function parseRetryAfter(value) {
+  if (!value) return null;
+  const trimmed = value.trim();
+  if (/^\d+(\.\d+)?$/.test(trimmed)) return Math.max(1, Math.ceil(Number(trimmed)));
+  const at = Date.parse(trimmed);
+  return Number.isNaN(at) ? null : Math.max(1, Math.ceil((at - Date.now()) / 1000));
+}
+
+/** "in 12 s (at 14:05:31)", "in 2 min (at 14:07)": when the wait ends. */
+export function retryWhen(seconds) {
+  const at = new Date(Date.now() + seconds * 1000);
+  const clock = seconds < 60
+    ? at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+    : at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const wait = seconds < 60 ? `${seconds} s` : `${Math.ceil(seconds / 60)} min`;
+  return `in ${wait} (at ${clock})`;
+}
+
+// the over-quota answers (429), said for people; the server's detail stays for anything else
+const LIMITS = {
+  UPLOAD_RATE_LIMITED: 'You have reached your limit of uploads per minute.',
+  CHAT_RATE_LIMITED: 'You have reached your limit of questions per minute.',
+  DOCUMENT_QUOTA_EXCEEDED: 'Your document quota is used up: delete documents to upload more.',
+  STORAGE_QUOTA_EXCEEDED: 'This file does not fit in your storage quota: delete documents to make room.',
+};
+
+function readable(status, detail, reason, retryAfter) {
+  if (status !== 429) return detail;
+  if (!retryAfter) return LIMITS[reason] || detail;
+  let base = LIMITS[reason] || detail.replace(/[;,]?\s*try again in \d+\s*s\.?$/i, '').replace(/^./, (c) => c.toUpperCase());
+  if (!/[.!?:]$/.test(base)) base += '.';
+  return `${base} Try again ${retryWhen(retryAfter)}.`;
+}
+
+function apiError(status, body, retryHeader) {
+  const retryAfter = parseRetryAfter(retryHeader);
+  const reason = (body && body.reason) || '';
+  return new ApiError(status, readable(status, describe(body, status), reason, retryAfter), reason, retryAfter);
 }
 
 let onUnauthorized = () => {};
@@ -27,7 +70,7 @@ async function fail(response) {
   let body = null;
   try { body = await response.json(); } catch { /* not JSON */ }
   if (response.status === 401 && getToken()) onUnauthorized();
-  throw new ApiError(response.status, describe(body, response.status), body && body.reason);
+  throw apiError(response.status, body, response.headers.get('Retry-After'));
 }
 
 export async function request(path, { method = 'GET', json, headers = {}, signal } = {}) {
@@ -55,8 +98,7 @@ export function uploadFile(file, onProgress) {
     xhr.onload = () => {
       if (xhr.status >= 200 && xhr.status < 300) { resolve(xhr.response); return; }
       if (xhr.status === 401) onUnauthorized();
-      const body = xhr.response;
-      reject(new ApiError(xhr.status, describe(body, xhr.status), body && body.reason));
+      reject(apiError(xhr.status, xhr.response, xhr.getResponseHeader('Retry-After')));
     };
     xhr.onerror = () => reject(new ApiError(0, 'Network error while uploading'));
     const form = new FormData();

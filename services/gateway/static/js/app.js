@@ -5,14 +5,20 @@ import { ChatView } from './chat.js';
 import { $, toast } from './dom.js';
 import { DocumentsPanel } from './documents.js';
 import { icons } from './icons.js';
+import { ApiKeysDialog } from './keys.js';
+import { UsageMeter } from './usage.js';
 
 const authView = $('#auth-view');
 const appView = $('#app-view');
 let chat;
 let documents;
+let usage;
+let keys;
 
 function showAuth() {
   documents?.stopAll();
+  usage?.clear();
+  keys?.close();
   appView.hidden = true;
   authView.hidden = false;
   $('[data-testid="auth-email"]').focus();
@@ -29,6 +35,7 @@ async function showApp(user) {
     documents.load().catch((failure) => toast(`Documents: ${failure.message}`, 'error')),
     chat.loadConversations(),
     documents.loadFileTypes(),
+    usage.refresh(),
   ]);
   chat.refreshWelcome();
   $('#question').focus();
@@ -61,7 +68,9 @@ async function logout() {
 }
 
 async function boot() {
-  documents = new DocumentsPanel({ onChange: () => chat?.refreshWelcome() });
+  usage = new UsageMeter();
+  keys = new ApiKeysDialog();
+  documents = new DocumentsPanel({ onChange: () => chat?.refreshWelcome(), onStored: () => usage.refreshSoon() });
   chat = new ChatView({ hasDocuments: () => documents.completedCount() > 0 });
   setupPanels();
   $('#logout').innerHTML = icons.logout;

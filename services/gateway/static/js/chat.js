@@ -263,6 +263,9 @@ export class ChatView {
       node.classList.remove('streaming');
       node.classList.add('error');
       text.textContent = failure.status === 501 ? 'Chat is not available on this server yet.' : failure.message;
+      if (failure.reason) node.dataset.errorReason = failure.reason;
+      // over the limit: the question was not asked, keep it in the box to send again later
+      if (failure.status === 429 && !this.input.value) this.input.value = query;
     } finally {
       this.busy = false;
       this.autosize();

@@ -35,11 +35,13 @@ function compactProgress(status, progress) {
 }
 
 export class DocumentsPanel {
-  constructor({ onChange = () => {} } = {}) {
+  /** onChange: the list changed; onStored: what is stored changed (an upload was answered, a delete done). */
+  constructor({ onChange = () => {}, onStored = () => {} } = {}) {
     this.list = $('#doc-list');
     this.count = $('#doc-count');
     this.rows = new Map(); // key (document id or a temporary upload key) -> {doc, node, watcher}
     this.onChange = onChange;
+    this.onStored = onStored;
     this.watchSlot = limiter(MAX_WATCHES);
     this.uploadSlot = limiter(MAX_UPLOADS);
     this.fileTypesLoaded = false;
@@ -146,6 +148,7 @@ export class DocumentsPanel {
       toast(`${file.name}: ${failure.message}`, 'error');
     }
     this.refreshCount();
+    this.onStored();
   }
 
   setUploadProgress(key, fraction) {
@@ -208,6 +211,7 @@ export class DocumentsPanel {
       await request(`/api/upload/${encodeURIComponent(id)}`, { method: 'DELETE' });
       this.remove(id);
       this.refreshCount();
+      this.onStored();
       toast(`Deleted ${row.doc.filename}`);
     } catch (failure) {
       toast(failure.message, 'error');

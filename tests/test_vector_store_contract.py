@@ -236,3 +236,43 @@ async def test_stale_chunks_are_removed_per_version(store) -> None:
     await store.delete_stale_chunks("alice", "doc-1", 2, version=2)
     assert len(await _document_hits(store)) == 5  # version 1 untouched
     assert await store.activate_version("alice", "doc-1", 2) == 2
+
+
+async def _write_points_from_before_versions(store, user_id: str, document_id: str, chunks: list[ChunkRecord]) -> None:
+    """Chunks as stores held them before versions existed: no version, slot or live in the payload."""
+    import qdrant_edge as qe
+    from qdrant_client import models
+
+    from services.retrieval.store import DENSE, chunk_payload
+
+    def payload(item: ChunkRecord) -> dict[str, object]:
+        return {key: value for key, value in chunk_payload(user_id, document_id, "old.pdf", item).items()
+                if key not in ("version", "slot", "live")}
+
+    if isinstance(store, EdgeStore):
+        points = [qe.Point(chunk_point_id(document_id, item.chunk_index), {DENSE: list(item.embedding)}, payload(item))
+                  for item in chunks]
+        store._shard(Source.DOCUMENTS).update(qe.UpdateOperation.upsert_points(points))
+    else:
+        await store.client.upsert(Source.DOCUMENTS.collection, wait=True, points=[
+            models.PointStruct(id=chunk_point_id(document_id, item.chunk_index), vector={DENSE: list(item.embedding)},
+                               payload=payload(item)) for item in chunks])
+
+
+async def test_chunks_from_before_versions_are_version_1(store) -> None:
+    await _write_points_from_before_versions(store, "alice", "doc-1", [chunk(i, i) for i in range(4)])
+    assert len(await _document_hits(store)) == 4 and _versions_seen(await _document_hits(store)) == {1}
+    # reprocessed as version 1 (a reindex): the same ids, and a shorter run's leftovers go
+    await store.upsert_chunks("alice", "doc-1", "old.pdf", [chunk(i, i) for i in range(3)])
+    await store.delete_stale_chunks("alice", "doc-1", 3)
+    assert await store.count(Source.DOCUMENTS, "alice") == 3
+    # replaced: staged beside them, then the only ones
+    await _write_points_from_before_versions(store, "alice", "doc-2", [chunk(i, i) for i in range(4)])
+    await store.upsert_chunks("alice", "doc-2", "new.pdf", [chunk(i, 10 + i) for i in range(2)], version=2,
+                              staged=True)
+    hits = await _document_hits(store, document_id="doc-2")
+    assert len(hits) == 4 and {hit.payload["filename"] for hit in hits} == {"old.pdf"}
+    assert await store.activate_version("alice", "doc-2", 2) == 2
+    hits = await _document_hits(store, document_id="doc-2")
+    assert {hit.payload["filename"] for hit in hits} == {"new.pdf"} and len(hits) == 2
+    assert await store.count(Source.DOCUMENTS, "alice", SearchFilters(document_ids=("doc-2",))) == 2

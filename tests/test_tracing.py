@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,7 +36,7 @@ from services.runtime.call_context import request_id_var
 from services.runtime.jobs import JobContext, queue_lag_seconds
 from services.runtime.logging import add_trace_ids
 from services.runtime.queue import INGEST_QUEUE, create_broker
-from tests.conftest import TEST_SECRET, create_database, free_port, make_settings
+from tests.conftest import REPO, TEST_SECRET, create_database, free_port, make_settings
 from tests.ingest_harness import ingest_stack
 
 TEXT = "\n\n".join(f"Section {n}. The observatory logs star {n} at magnitude {n % 7}." for n in range(40))
@@ -267,3 +269,30 @@ async def test_llm_calls_are_measured_latency_tokens_and_errors_by_reason() -> N
     await client.close()
     assert counter("docent_llm_errors_total", reason="LLM_RATE_LIMITED") == limited + 1
     assert counter("docent_llm_request_seconds_count", call="complete", outcome="error") == failed_calls + 1
+
+
+TRACED_LOG_SCRIPT = """
+import logging, structlog
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from services.runtime import tracing
+from services.runtime.logging import configure_logging
+configure_logging("info", "json", service="worker")
+tracing.configure_tracing("worker", exporter=InMemorySpanExporter())
+structlog.get_logger("docent.test").info("outside")
+with tracing.span("stage") as span:
+    ids = span.get_span_context()
+    print(format(ids.trace_id, "032x"), format(ids.span_id, "016x"))
+    structlog.get_logger("docent.test").info("inside")
+    logging.getLogger("dramatiq.worker").warning("library line")
+"""
+
+
+def test_json_log_lines_carry_the_active_spans_ids() -> None:
+    result = subprocess.run([sys.executable, "-c", TRACED_LOG_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    trace_id, span_id = result.stdout.split()
+    lines = {line["event"]: line for line in map(json.loads, result.stderr.splitlines())}
+    assert "trace_id" not in lines["outside"]
+    for event in ("inside", "library line"):
+        assert (lines[event]["trace_id"], lines[event]["span_id"]) == (trace_id, span_id)

@@ -296,3 +296,43 @@ def test_json_log_lines_carry_the_active_spans_ids() -> None:
     assert "trace_id" not in lines["outside"]
     for event in ("inside", "library line"):
         assert (lines[event]["trace_id"], lines[event]["span_id"]) == (trace_id, span_id)
+
+
+def test_a_retry_is_counted_when_the_failed_message_is_queued_again() -> None:
+    middleware = JobContext()
+    before = counter("docent_job_retries_total", queue="ingest", actor="process_document")
+    message = dramatiq.Message(queue_name="ingest.DQ", actor_name="process_document", args=("d",), kwargs={},
+                               options={"retries": 1})
+    middleware.after_enqueue(dramatiq.get_broker(), message, 2000)
+    middleware.after_enqueue(dramatiq.get_broker(), message.copy(options={"retries": 0}), None)  # a first enqueue
+    assert counter("docent_job_retries_total", queue="ingest", actor="process_document") == before + 1
+
+
+WORKER_PROCESS_SCRIPT = """
+import os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from services.runtime.jobs import JOBS, JOB_QUEUE_LAG
+JOBS.labels("ingest", "process_document", "processed").inc(3)
+JOB_QUEUE_LAG.labels("ingest", "process_document").observe(0.2)
+"""
+
+
+def test_the_worker_metrics_port_serves_the_worker_processes_job_metrics(tmp_path) -> None:
+    """`docent up`'s sweeper (not in multiprocess mode) serves its own metrics and those the worker processes
+    wrote to the data dir's job-metrics directory."""
+    from prometheus_client import generate_latest
+
+    from services.runtime import metrics
+    from services.runtime.jobs import job_metrics_dir, reset_job_metrics_dir
+
+    directory = reset_job_metrics_dir(job_metrics_dir(tmp_path))
+    for _ in range(2):  # two worker processes
+        done = subprocess.run([sys.executable, "-c", WORKER_PROCESS_SCRIPT, str(directory)], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    metrics.QUEUE_DEPTH.labels("ingest").set(4)  # the sweeper's own
+    text = generate_latest(metrics.metrics_registry(directory)).decode()
+    assert 'docent_jobs_total{actor="process_document",outcome="processed",queue="ingest"} 6.0' in text
+    assert 'docent_job_queue_lag_seconds_count{actor="process_document",queue="ingest"} 2.0' in text
+    assert 'docent_queue_depth{queue="ingest"} 4.0' in text
+    assert not list(reset_job_metrics_dir(directory).glob("*.db"))  # a worker start empties it

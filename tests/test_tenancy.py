@@ -72,6 +72,7 @@ A_CHAT_MARKER = "marmaladeq4412"
 # what attackers ask: A's question without A's marker, as close to A's memory as can be
 ATTACK_QUESTION = A_QUESTION.replace(" " + A_CHAT_MARKER, "")
 # not an id: SQL, a NUL (Postgres refuses it in text), a right-to-left override, an emoji
+A_COLLECTION = "quokka-team-a7"
 MALFORMED = "not-a-uuid' OR '1'='1\x00\u202e\U0001f600"
 GRPC_TIMEOUT = 30.0
 SSE_TIMEOUT = 15.0
@@ -91,6 +92,10 @@ class Tenant:
     turn_id: str = ""
     chunk_count: int = 0
     key_id: str = ""  # an API key of A's, where the build has them
+    # where the build has collections: one A created (A its only member and owner), and A's personal one, which
+    # holds A's document
+    collection_id: str = ""
+    personal_collection_id: str = ""
 
 
 @dataclass
@@ -111,7 +116,9 @@ class World:
         return {"A's user id": self.a.user_id, "A's email": self.a.email, "A's filename": A_FILENAME,
                 "A's chat text": A_CHAT_MARKER, "A's document id": self.a.document_id,
                 "A's conversation id": self.a.conversation_id, "A's turn id": self.a.turn_id,
-                **({"A's API key id": self.a.key_id} if self.a.key_id else {})}
+                **({"A's API key id": self.a.key_id} if self.a.key_id else {}),
+                **({"A's collection id": self.a.collection_id, "A's collection name": A_COLLECTION,
+                    "A's personal collection id": self.a.personal_collection_id} if self.a.collection_id else {})}
 
 
 # credentials and ids: what an attacker presents ---------------------------------------------------------------
@@ -146,12 +153,14 @@ class Ids:
     conversations_page_token: str
     email: str
     key_id: str
+    collection_id: str           # collection management: A's own collection
+    personal_collection_id: str  # document fields and filters: the collection holding A's document
     # `?access_token=` of the SSE routes; None: the caller's own credentials
     access_token: str | None = None
 
     def values(self) -> set[str]:
-        return {value for value in (self.document_id, self.conversation_id, self.turn_id, self.email, self.key_id)
-                if value}
+        return {value for value in (self.document_id, self.conversation_id, self.turn_id, self.email, self.key_id,
+                                    self.collection_id, self.personal_collection_id) if value}
 
 
 def page_token(at: dt.datetime | None, ident: str) -> str:
@@ -163,19 +172,21 @@ def page_token(at: dt.datetime | None, ident: str) -> str:
 def victims_ids(world: World) -> Ids:
     a = world.a
     return Ids(a.document_id, a.conversation_id, a.turn_id, page_token(a.document_created, a.document_id),
-               page_token(a.conversation_updated, a.conversation_id), a.email, a.key_id)
+               page_token(a.conversation_updated, a.conversation_id), a.email, a.key_id, a.collection_id,
+               a.personal_collection_id)
 
 
 def guessed_ids(world: World) -> Ids:
     return Ids(str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()),
                page_token(None, str(uuid.uuid4())), page_token(None, str(uuid.uuid4())),
-               f"guess-{uuid.uuid4().hex[:8]}@example.com", str(uuid.uuid4()),
+               f"guess-{uuid.uuid4().hex[:8]}@example.com", str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()),
                # a token for A's user id signed with a guessed secret
                access_token=mint_token("guessed-secret-" + "g" * 40, world.a.user_id, 600))
 
 
 def malformed_ids(world: World) -> Ids:
-    return Ids(MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, access_token=MALFORMED)
+    return Ids(MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED,
+               access_token=MALFORMED)
 
 
 def attacker_b(world: World) -> Credentials:
@@ -303,10 +314,16 @@ class Case:
     check: Check | None = None  # more about a successful answer
     # refusals fitting this case besides the usual ones (a taken email: 409)
     refusals: frozenset[Any] = frozenset()
+    # a Tenant attribute A must have for the case to apply (a field of a feature this build may not have yet)
+    requires: str = ""
 
     @property
     def name(self) -> str:
         return f"{self.target}[{self.field}]" if self.field else self.target
+
+    def __post_init__(self) -> None:
+        if self.field and "collection" in self.field and not self.requires:
+            object.__setattr__(self, "requires", "collection_id")
 
 
 # REST performers ----
@@ -337,9 +354,17 @@ async def check_me(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None
     assert outcome.data["id"] == c.user_id
 
 
-async def rest_upload(w: World, c: Credentials, ids: Ids) -> Outcome:
+def rest_upload(field_name: str | None = None) -> Perform:
+    async def perform(w: World, c: Credentials, ids: Ids) -> Outcome:
+        return await rest_upload_into(w, c, ids.personal_collection_id if field_name == "collection_id" else None)
+    return perform
+
+
+async def rest_upload_into(w: World, c: Credentials, collection_id: str | None) -> Outcome:
     # A's very bytes: a deduplication across users would answer with A's document
-    outcome = await rest(w, c, "POST", "/api/upload/", files={"file": ("copy.txt", A_TEXT.encode(), "text/plain")})
+    params = {"collection_id": collection_id} if collection_id is not None else {}
+    outcome = await rest(w, c, "POST", "/api/upload/", params=params,
+                         files={"file": ("copy.txt", A_TEXT.encode(), "text/plain")})
     if outcome.ok:
         gone = await w.http.delete(f"/api/upload/{outcome.data['id']}", headers=c.http_headers())
         assert gone.status_code == 204, gone.text
@@ -348,6 +373,7 @@ async def rest_upload(w: World, c: Credentials, ids: Ids) -> Outcome:
 
 async def check_document_is_callers(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
     assert outcome.data["user_id"] == c.user_id and outcome.data["id"] != w.a.document_id
+    assert outcome.data.get("collection_id") not in {w.a.collection_id, w.a.personal_collection_id} - {""}
 
 
 async def check_documents_are_callers(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
@@ -372,6 +398,8 @@ def chat_body(ids: Ids, field_name: str | None) -> dict[str, Any]:
         body["conversation_id"] = ids.conversation_id
     elif field_name == "document_ids":
         body["document_ids"] = [ids.document_id]
+    elif field_name == "collection_ids":
+        body["collection_ids"] = [ids.personal_collection_id]
     return body
 
 
@@ -424,10 +452,18 @@ async def check_conversations_are_callers(w: World, c: Credentials, ids: Ids, ou
 
 # gRPC performers ----
 
-async def grpc_upload(w: World, c: Credentials, ids: Ids) -> Outcome:
+def grpc_upload(field_name: str | None = None) -> Perform:
+    async def perform(w: World, c: Credentials, ids: Ids) -> Outcome:
+        metadata = ingest_pb2.UploadMetadata(filename="copy.txt", content_type="text/plain")
+        if field_name == "collection_id":
+            metadata.collection_id = ids.personal_collection_id
+        return await grpc_upload_with(w, c, metadata)
+    return perform
+
+
+async def grpc_upload_with(w: World, c: Credentials, metadata: ingest_pb2.UploadMetadata) -> Outcome:
     async def messages() -> AsyncIterator[ingest_pb2.UploadDocumentRequest]:
-        yield ingest_pb2.UploadDocumentRequest(metadata=ingest_pb2.UploadMetadata(filename="copy.txt",
-                                                                                  content_type="text/plain"))
+        yield ingest_pb2.UploadDocumentRequest(metadata=metadata)
         yield ingest_pb2.UploadDocumentRequest(chunk=A_TEXT.encode())
 
     outcome = await rpc(w.ingest.UploadDocument, messages(), c)
@@ -440,6 +476,7 @@ async def grpc_upload(w: World, c: Credentials, ids: Ids) -> Outcome:
 async def check_uploaded_is_callers(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
     document = outcome.data.document
     assert document.user_id == c.user_id and document.id != w.a.document_id
+    assert getattr(document, "collection_id", "") not in {w.a.collection_id, w.a.personal_collection_id} - {""}
 
 
 async def grpc_replace(w: World, c: Credentials, ids: Ids) -> Outcome:
@@ -451,9 +488,15 @@ async def grpc_replace(w: World, c: Credentials, ids: Ids) -> Outcome:
     return await rpc(w.ingest.ReplaceDocument, messages(), c)
 
 
-async def grpc_list_documents(w: World, c: Credentials, ids: Ids) -> Outcome:
-    return await rpc(w.ingest.ListDocuments, ingest_pb2.ListDocumentsRequest(
-        page_size=100, page_token=ids.documents_page_token), c)
+def grpc_list_documents(field_name: str) -> Perform:
+    async def perform(w: World, c: Credentials, ids: Ids) -> Outcome:
+        request = ingest_pb2.ListDocumentsRequest(page_size=100)
+        if field_name == "collection_id":
+            request.collection_id = ids.personal_collection_id
+        else:
+            request.page_token = ids.documents_page_token
+        return await rpc(w.ingest.ListDocuments, request, c)
+    return perform
 
 
 async def check_listed_documents(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
@@ -467,6 +510,8 @@ def grpc_chat(field_name: str | None, *, stream: bool = False) -> Perform:
             options.conversation_id = ids.conversation_id
         elif field_name == "document_ids":
             options.document_ids.append(ids.document_id)
+        elif field_name == "collection_ids":
+            options.collection_ids.append(ids.personal_collection_id)
         if stream:
             return await rpc_stream(w.chat.StreamChat, chat_pb2.StreamChatRequest(query=ATTACK_QUESTION,
                                                                                 options=options),
@@ -578,6 +623,39 @@ async def grpc_activate_version(w: World, c: Credentials, ids: Ids) -> Outcome:
         document_id=ids.document_id, version=2), c)
 
 
+def collection_path(ids: Ids, suffix: str = "") -> str:
+    return f"/api/collections/{seg(ids.collection_id)}{suffix}"
+
+
+async def rest_create_collection(w: World, c: Credentials, ids: Ids) -> Outcome:
+    outcome = await rest(w, c, "POST", "/api/collections/", json={"name": "attacker's"})
+    if outcome.ok:  # the caller's own: delete it again
+        gone = await w.http.delete(f"/api/collections/{outcome.data['id']}", headers=c.http_headers())
+        assert gone.status_code == 204, gone.text
+    return outcome
+
+
+async def check_collections_are_callers(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
+    assert not {item["id"] for item in outcome.data["collections"]} & {w.a.collection_id, w.a.personal_collection_id}
+
+
+async def rest_add_member(w: World, c: Credentials, ids: Ids) -> Outcome:
+    # the attacker adds itself, as owner
+    return await rest(w, c, "POST", collection_path(ids, "/members"), json={"email": w.b.email, "role": "owner"})
+
+
+async def grpc_create_collection(w: World, c: Credentials, ids: Ids) -> Outcome:
+    outcome = await rpc(w.ingest.CreateCollection, ingest_pb2.CreateCollectionRequest(name="attacker's"), c)
+    if outcome.ok:
+        await w.ingest.DeleteCollection(ingest_pb2.DeleteCollectionRequest(
+            collection_id=outcome.data.collection.id), metadata=c.metadata(), timeout=GRPC_TIMEOUT)
+    return outcome
+
+
+async def check_listed_collections(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
+    assert not {item.id for item in outcome.data.collections} & {w.a.collection_id, w.a.personal_collection_id}
+
+
 def _rest_case(method: str, path: str, field_name: str | None, perform: Perform, foreign: Foreign,
                **kwargs: Any) -> Case:
     return Case(f"{method} {path}", field_name, perform, foreign, **kwargs)
@@ -603,10 +681,31 @@ CASES: tuple[Case, ...] = (
     _rest_case("DELETE", "/api/keys/{key_id}", "key_id",
                lambda w, c, i: rest(w, c, "DELETE", f"/api/keys/{seg(i.key_id)}"), DENY, writes=True),
     _rest_case("GET", "/api/usage", None, lambda w, c, i: rest(w, c, "GET", "/api/usage"), OWN),
+    # REST: collections
+    _rest_case("POST", "/api/collections/", None, rest_create_collection, OWN, writes=True),
+    _rest_case("GET", "/api/collections/", None, lambda w, c, i: rest(w, c, "GET", "/api/collections/"), OWN,
+               check=check_collections_are_callers),
+    _rest_case("GET", "/api/collections/{collection_id}", "collection_id",
+               lambda w, c, i: rest(w, c, "GET", collection_path(i)), DENY),
+    _rest_case("PATCH", "/api/collections/{collection_id}", "collection_id",
+               lambda w, c, i: rest(w, c, "PATCH", collection_path(i), json={"name": "renamed by B"}), DENY,
+               writes=True),
+    _rest_case("DELETE", "/api/collections/{collection_id}", "collection_id",
+               lambda w, c, i: rest(w, c, "DELETE", collection_path(i)), DENY, writes=True),
+    _rest_case("GET", "/api/collections/{collection_id}/members", "collection_id",
+               lambda w, c, i: rest(w, c, "GET", collection_path(i, "/members")), DENY),
+    _rest_case("POST", "/api/collections/{collection_id}/members", "collection_id", rest_add_member, DENY,
+               writes=True),
+    _rest_case("DELETE", "/api/collections/{collection_id}/members/{user_id}", "collection_id",
+               lambda w, c, i: rest(w, c, "DELETE", collection_path(i, f"/members/{w.a.user_id}")), DENY,
+               writes=True),
     # REST: documents
-    _rest_case("POST", "/api/upload/", None, rest_upload, OWN, writes=True, check=check_document_is_callers),
+    _rest_case("POST", "/api/upload/", None, rest_upload(), OWN, writes=True, check=check_document_is_callers),
+    _rest_case("POST", "/api/upload/", "collection_id", rest_upload("collection_id"), DENY, writes=True),
     _rest_case("GET", "/api/upload/", None, lambda w, c, i: rest(w, c, "GET", "/api/upload/"), OWN,
                check=check_documents_are_callers),
+    _rest_case("GET", "/api/upload/", "collection_id", lambda w, c, i: rest(
+        w, c, "GET", "/api/upload/", params={"collection_id": i.personal_collection_id}), DENY),
     _rest_case("PUT", "/api/upload/{document_id}", "document_id", rest_replace, DENY, writes=True),
     _rest_case("GET", "/api/upload/{document_id}", "document_id",
                lambda w, c, i: rest(w, c, "GET", upload_path(i)), DENY),
@@ -622,6 +721,8 @@ CASES: tuple[Case, ...] = (
     _rest_case("POST", "/api/chat/", "conversation_id", rest_chat("conversation_id"), DENY, writes=True),
     _rest_case("POST", "/api/chat/", "document_ids", rest_chat("document_ids"), OWN, writes=True,
                check=check_chat_answer),
+    _rest_case("POST", "/api/chat/", "collection_ids", rest_chat("collection_ids"), OWN, writes=True,
+               check=check_chat_answer),
     _rest_case("POST", "/api/chat/stream", None, rest_chat_stream(None), OWN, writes=True, check=check_chat_stream),
     _rest_case("POST", "/api/chat/stream", "conversation_id", rest_chat_stream("conversation_id"), DENY, writes=True),
     _rest_case("POST", "/api/chat/stream", "document_ids", rest_chat_stream("document_ids"), OWN, writes=True,
@@ -636,11 +737,15 @@ CASES: tuple[Case, ...] = (
                lambda w, c, i: rest(w, c, "DELETE", f"/api/chat/conversations/{seg(i.conversation_id)}"), DENY,
                writes=True),
     # gRPC: IngestService
-    _rpc_case("IngestService", "UploadDocument", None, grpc_upload, OWN, writes=True, check=check_uploaded_is_callers),
+    _rpc_case("IngestService", "UploadDocument", None, grpc_upload(), OWN, writes=True,
+              check=check_uploaded_is_callers),
+    _rpc_case("IngestService", "UploadDocument", "collection_id", grpc_upload("collection_id"), DENY, writes=True),
     _rpc_case("IngestService", "ReplaceDocument", "document_id", grpc_replace, DENY, writes=True),
     _rpc_case("IngestService", "GetDocument", "document_id", lambda w, c, i: rpc(
         w.ingest.GetDocument, ingest_pb2.GetDocumentRequest(document_id=i.document_id), c), DENY),
-    _rpc_case("IngestService", "ListDocuments", "page_token", grpc_list_documents, OWN, check=check_listed_documents),
+    _rpc_case("IngestService", "ListDocuments", "page_token", grpc_list_documents("page_token"), OWN,
+              check=check_listed_documents),
+    _rpc_case("IngestService", "ListDocuments", "collection_id", grpc_list_documents("collection_id"), DENY),
     _rpc_case("IngestService", "DeleteDocument", "document_id", lambda w, c, i: rpc(
         w.ingest.DeleteDocument, ingest_pb2.DeleteDocumentRequest(document_id=i.document_id), c), DENY, writes=True),
     _rpc_case("IngestService", "WatchDocument", "document_id", lambda w, c, i: rpc_stream(
@@ -651,10 +756,35 @@ CASES: tuple[Case, ...] = (
         w.ingest.ListFileTypes, ingest_pb2.ListFileTypesRequest(), c), OWN),
     _rpc_case("IngestService", "GetUsage", None, lambda w, c, i: rpc(
         w.ingest.GetUsage, ingest_pb2.GetUsageRequest(), c), OWN),
+    _rpc_case("IngestService", "CreateCollection", None, grpc_create_collection, OWN, writes=True),
+    _rpc_case("IngestService", "GetCollection", "collection_id", lambda w, c, i: rpc(
+        w.ingest.GetCollection, ingest_pb2.GetCollectionRequest(collection_id=i.collection_id), c), DENY),
+    _rpc_case("IngestService", "ListCollections", "collection_ids", lambda w, c, i: rpc(
+        w.ingest.ListCollections, ingest_pb2.ListCollectionsRequest(collection_ids=[i.personal_collection_id]), c),
+        OWN,
+        check=check_listed_collections),
+    _rpc_case("IngestService", "UpdateCollection", "collection_id", lambda w, c, i: rpc(
+        w.ingest.UpdateCollection, ingest_pb2.UpdateCollectionRequest(collection_id=i.collection_id,
+                                                                      name="renamed by B"), c), DENY, writes=True),
+    _rpc_case("IngestService", "DeleteCollection", "collection_id", lambda w, c, i: rpc(
+        w.ingest.DeleteCollection, ingest_pb2.DeleteCollectionRequest(collection_id=i.collection_id), c), DENY,
+        writes=True),
+    _rpc_case("IngestService", "ListCollectionMembers", "collection_id", lambda w, c, i: rpc(
+        w.ingest.ListCollectionMembers, ingest_pb2.ListCollectionMembersRequest(collection_id=i.collection_id), c),
+        DENY),
+    _rpc_case("IngestService", "SetCollectionMember", "collection_id", lambda w, c, i: rpc(
+        w.ingest.SetCollectionMember, ingest_pb2.SetCollectionMemberRequest(
+            collection_id=i.collection_id, user_id=c.user_id, role=ingest_pb2.COLLECTION_ROLE_OWNER), c), DENY,
+        writes=True),
+    _rpc_case("IngestService", "DeleteCollectionMember", "collection_id", lambda w, c, i: rpc(
+        w.ingest.DeleteCollectionMember, ingest_pb2.DeleteCollectionMemberRequest(
+            collection_id=i.collection_id, user_id=w.a.user_id), c), DENY, writes=True),
     # gRPC: ChatService
     _rpc_case("ChatService", "Chat", None, grpc_chat(None), OWN, writes=True, check=check_chat_turn),
     _rpc_case("ChatService", "Chat", "conversation_id", grpc_chat("conversation_id"), DENY, writes=True),
     _rpc_case("ChatService", "Chat", "document_ids", grpc_chat("document_ids"), OWN, writes=True,
+              check=check_chat_turn),
+    _rpc_case("ChatService", "Chat", "collection_ids", grpc_chat("collection_ids"), OWN, writes=True,
               check=check_chat_turn),
     _rpc_case("ChatService", "StreamChat", None, grpc_chat(None, stream=True), OWN, writes=True,
               check=check_chat_turn),
@@ -792,7 +922,13 @@ async def world(up) -> AsyncIterator[World]:
                 for name in ("ingest", "chat", "retrieval")}
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
         a, b = await asyncio.gather(signup(http), signup(http))
-        # A uploads and follows it over SSE to the end
+        # A's collections, where the build has them: one A creates, and A's personal one
+        created = await http.post("/api/collections/", headers=bearer(a.token), json={"name": A_COLLECTION})
+        if created.status_code == 201:
+            a.collection_id = created.json()["id"]
+            listed = (await http.get("/api/collections/", headers=bearer(a.token))).json()["collections"]
+            a.personal_collection_id = next(item["id"] for item in listed if item["personal"])
+        # A uploads (into the personal collection) and follows it over SSE to the end
         reply = await http.post("/api/upload/", headers=bearer(a.token),
                                 files={"file": (A_FILENAME, A_TEXT.encode(), "text/plain")})
         assert reply.status_code == 202, reply.text
@@ -865,8 +1001,17 @@ async def snapshot(world: World) -> dict[str, Any]:
     if a.key_id:
         reply = await world.http.get("/api/keys/", headers=bearer(a.token))
         keys = (reply.status_code, sorted(key["id"] for key in reply.json().get("keys", [])))
+    collections = None
+    if a.collection_id:
+        listed = await world.http.get("/api/collections/", headers=bearer(a.token))
+        members = await world.http.get(f"/api/collections/{a.collection_id}/members", headers=bearer(a.token))
+        collections = (listed.status_code, sorted(json.dumps(item, sort_keys=True)
+                                                  for item in listed.json().get("collections", [])),
+                       members.status_code, sorted(json.dumps(item, sort_keys=True)
+                                                   for item in members.json().get("members", [])))
     return {
         "keys": keys,
+        "collections": collections,
         "document": (document.status_code, body.get("processing_status"), body.get("filename"), body.get("version"),
                      body.get("pending_version")),
         "conversation": (conversation.status_code,
@@ -884,6 +1029,8 @@ async def test_the_victim_has_what_the_attacks_aim_at(world) -> None:
     state = await snapshot(world)
     assert state["document"][:3] == (200, "completed", A_FILENAME)
     assert state["conversation"] == (200, [world.a.turn_id])
+    if world.a.collection_id:
+        assert world.a.personal_collection_id and A_COLLECTION in str(state["collections"])
     assert len(state["chunks"]) == world.a.chunk_count >= 1
     assert [turn_id for _, turn_id, *_ in state["memory"]] == [world.a.turn_id]
     assert A_CHAT_MARKER in state["memory"][0][2]
@@ -913,6 +1060,8 @@ def expected(case: Case, attacker: Attacker, is_rest: bool) -> Expectation:
 async def test_tenancy(world, case: Case, attacker: Attacker) -> None:
     if case.target not in endpoints():
         pytest.skip(f"{case.target} is not in this build")
+    if case.requires and not getattr(world.a, case.requires):
+        pytest.skip(f"{case.field} is not in this build")
     creds, ids = attacker.credentials(world), attacker.ids(world)
     if inspect.isawaitable(creds):
         creds = await creds

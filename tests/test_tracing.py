@@ -177,6 +177,9 @@ async def test_one_trace_links_an_upload_to_its_worker_stages_and_the_retrieval_
     assert job.parent.span_id == upload_server.context.span_id
     assert job.attributes["messaging.destination.name"] == "ingest"
     assert job.attributes["docent.request_id"] == request_id
+    # the request id is on the REST span and travels with the calls (x-request-id)
+    assert rest[0].attributes["docent.request_id"] == upload_server.attributes["docent.request_id"] == request_id
+    assert all(span.attributes["docent.request_id"] == request_id for span in upsert_servers)
     assert parse.parent.span_id == job.context.span_id and parse.attributes["docent.chunks"] > 0
     assert all(span.parent.span_id == job.context.span_id for span in [*embeds, *indexes])
     assert {span.parent.span_id for span in upsert_clients} <= {span.context.span_id for span in indexes}

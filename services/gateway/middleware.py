@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,6 +44,7 @@ class RequestContextMiddleware:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         token = set_request_id(rid, scope.get("path", ""))
         structlog.contextvars.bind_contextvars(request_id=rid)
+        trace.get_current_span().set_attribute("docent.request_id", rid)  # the REST span, when tracing is on
         started = time.perf_counter()
         status = 500
         observed = False

@@ -158,9 +158,12 @@ class ServerTracing(ScopedInterceptor):
 
     @contextlib.asynccontextmanager
     async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[trace.Span]:
-        parent = extract(dict(context.invocation_metadata() or ()))
-        with tracer().start_as_current_span(method.lstrip("/"), context=parent, kind=SpanKind.SERVER,
-                                            attributes=_rpc_attributes(method), record_exception=False,
+        metadata = dict(context.invocation_metadata() or ())
+        attributes: dict[str, Any] = _rpc_attributes(method)
+        if metadata.get("x-request-id"):
+            attributes["docent.request_id"] = str(metadata["x-request-id"])
+        with tracer().start_as_current_span(method.lstrip("/"), context=extract(metadata), kind=SpanKind.SERVER,
+                                            attributes=attributes, record_exception=False,
                                             set_status_on_exception=False) as current:
             try:
                 yield current

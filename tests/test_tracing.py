@@ -30,13 +30,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 
+from docent.v1 import retrieval_pb2
 from services.chat.answer_llm import LLMClient
 from services.runtime import tracing
 from services.runtime.call_context import request_id_var
 from services.runtime.jobs import JobContext, queue_lag_seconds
 from services.runtime.logging import add_trace_ids
 from services.runtime.queue import INGEST_QUEUE, create_broker
-from tests.conftest import REPO, TEST_SECRET, create_database, free_port, make_settings
+from tests.conftest import REPO, TEST_SECRET, auth, create_database, free_port, make_settings
 from tests.ingest_harness import ingest_stack
 
 TEXT = "\n\n".join(f"Section {n}. The observatory logs star {n} at magnitude {n % 7}." for n in range(40))
@@ -131,6 +132,7 @@ async def test_one_trace_links_an_upload_to_its_worker_stages_and_the_retrieval_
                     "password": "password-123"})
                 assert reply.status_code == 201, reply.text
                 headers = {"Authorization": f"Bearer {reply.json()['access_token']}"}
+                user_id = reply.json()["user"]["id"]
                 request_id = "trace-" + uuid.uuid4().hex[:12]
                 reply = await client.post("/api/upload/", headers={**headers, "X-Request-ID": request_id},
                                           files={"file": ("stars.txt", TEXT.encode(), "text/plain")})
@@ -147,6 +149,9 @@ async def test_one_trace_links_an_upload_to_its_worker_stages_and_the_retrieval_
                 async with client.stream("GET", f"/api/upload/{document_id}/events", headers=headers) as events:
                     assert events.status_code == 200
                     assert "event: done" in "".join([line async for line in events.aiter_lines()])
+                found = await stack.retrieval.Search(retrieval_pb2.SearchRequest(query="Which star has magnitude 3?"),
+                                                     metadata=auth(user_id), timeout=30)
+                assert found.results
             # the worker's span ends when its middleware sees the message done, just after the status changed
             while not [s for s in spans.get_finished_spans() if s.name == "process_document process"]:
                 assert time.monotonic() < deadline + 10, "the worker's span never ended"
@@ -189,6 +194,9 @@ async def test_one_trace_links_an_upload_to_its_worker_stages_and_the_retrieval_
     watch_server = by_name(finished, "docent.v1.IngestService/WatchDocument", SpanKind.SERVER)[0]
     assert watch_server.parent.span_id == watch_client.context.span_id
     assert watch_client.attributes["rpc.grpc.status_code"] == 0
+    search = by_name(finished, "docent.v1.RetrievalService/Search", SpanKind.SERVER)[0]
+    assert {span.parent.span_id for span in by_name(finished, "retrieval.vector_search")} == {search.context.span_id}
+    assert by_name(finished, "retrieval.embed_query")[0].parent.span_id == search.context.span_id
     # health checks (readiness polling) make no spans
     assert not [s for s in finished if "grpc.health" in s.name]
 

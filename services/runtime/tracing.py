@@ -167,7 +167,7 @@ class ServerTracing(ScopedInterceptor):
                                             set_status_on_exception=False) as current:
             try:
                 yield current
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):  # the caller went away
                 current.set_attribute("rpc.grpc.status_code", grpc.StatusCode.CANCELLED.value[0])
                 raise
             except BaseException as error:

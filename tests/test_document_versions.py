@@ -18,6 +18,7 @@ import qdrant_edge as qe
 
 from docent.v1 import ingest_pb2, retrieval_pb2
 from services.ingest import documents, states
+from services.ingest.collections import Caller
 from services.retrieval.store import Source
 from services.runtime.errors import error_info
 from tests.conftest import TESTDATA, auth, make_settings
@@ -317,7 +318,7 @@ async def test_a_replacement_that_keeps_losing_its_worker_fails_and_the_old_vers
     pool = running.ingest_built.service.pool
     ident = uuid.UUID(document_id)
     async with pool.acquire() as conn:
-        row, version = await documents.insert_version(conn, user_id=owner, document_id=document_id,
+        row, version = await documents.insert_version(conn, caller=Caller(owner), document_id=document_id,
                                                       filename="v2.md", mime_type="text/markdown",
                                                       content=b"# other", sha256="f" * 64)
     assert version == 2 and row["status"] == "pending"

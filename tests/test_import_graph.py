@@ -110,7 +110,8 @@ def test_the_graph_is_read() -> None:
 
 
 TABLE_OWNERS = {"users": "gateway", "revoked_tokens": "gateway", "api_keys": "gateway", "documents": "ingest",
-                "document_blobs": "ingest", "conversations": "chat", "chat_turns": "chat"}
+                "document_blobs": "ingest", "document_versions": "ingest", "collections": "ingest",
+                "collection_members": "ingest", "conversations": "chat", "chat_turns": "chat"}
 SQL_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(" + "|".join(TABLE_OWNERS) + r")\b")
 
 

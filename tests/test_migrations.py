@@ -15,7 +15,7 @@ from services.runtime.db import load_migrations, migrate, require_migrated
 SINGLE_LIST = Path(__file__).resolve().parent / "data" / "single_list_migrations"
 OWNED_TABLES = {
     "gateway": {"users", "revoked_tokens", "api_keys"},
-    "ingest": {"documents", "document_blobs", "document_versions"},
+    "ingest": {"documents", "document_blobs", "document_versions", "collections", "collection_members"},
     "chat": {"conversations", "chat_turns"},
 }
 

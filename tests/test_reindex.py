@@ -12,6 +12,7 @@ import pytest
 from docent.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.chat.app import chat_service
 from services.ingest.app import ingest_service
+from services.ingest.collections import ensure_personal
 from services.reindex import reindex
 from services.retrieval.app import retrieval_service
 from services.retrieval.store_edge import DENSE, EdgeStore
@@ -35,10 +36,13 @@ async def test_reindex_rebuilds_collections_and_requeues_documents_and_turns(bac
         await old.open(8)
         await old.close()
         completed, failed = uuid.uuid4(), uuid.uuid4()
+        collection_id = await ensure_personal(pool, "u")
         for ident, status in ((completed, "completed"), (failed, "failed")):
             await pool.execute(
-                """INSERT INTO documents (id, user_id, filename, mime_type, file_size, sha256, status, attempts)
-                   VALUES ($1, 'u', 'f.txt', 'text/plain', 1, $2, $3, 1)""", ident, ident.hex, status)
+                """INSERT INTO documents (id, user_id, collection_id, filename, mime_type, file_size, sha256, status,
+                                          attempts)
+                   VALUES ($1, 'u', $4, 'f.txt', 'text/plain', 1, $2, $3, 1)""", ident, ident.hex, status,
+                collection_id)
         conversation, turn = uuid.uuid4(), uuid.uuid4()
         await pool.execute("INSERT INTO conversations (id, user_id, title) VALUES ($1, 'u', 't')", conversation)
         await pool.execute(

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from services.chat.memory_sweep import MAX_MEMORY_SWEEPS
+from services.ingest.collections import ensure_personal
 from services.runtime import db, sweeps
 from services.runtime.names import PROCESS_DOCUMENT
 from services.runtime.queue import INGEST_QUEUE, Enqueuer, build_message, pending_arguments, queue_stats
@@ -42,13 +43,14 @@ async def swept(backing):
 async def add_document(pool, status: str, *, attempts: int = 0, lease_age: str | None = None,
                        enqueued_age: str | None = None) -> uuid.UUID:
     ident = uuid.uuid4()
+    collection_id = await ensure_personal(pool, "u")
     await pool.execute(
-        """INSERT INTO documents (id, user_id, filename, mime_type, file_size, sha256, status, attempts, lease_until,
-                                  enqueued_at)
-           VALUES ($1, 'u', 'f.txt', 'text/plain', 1, $2, $3, $4,
+        """INSERT INTO documents (id, user_id, collection_id, filename, mime_type, file_size, sha256, status, attempts,
+                                  lease_until, enqueued_at)
+           VALUES ($1, 'u', $7, 'f.txt', 'text/plain', 1, $2, $3, $4,
                    CASE WHEN $5::text IS NULL THEN NULL ELSE now() - $5::interval END,
                    CASE WHEN $6::text IS NULL THEN NULL ELSE now() - $6::interval END)""",
-        ident, ident.hex, status, attempts, lease_age, enqueued_age)
+        ident, ident.hex, status, attempts, lease_age, enqueued_age, collection_id)
     return ident
 
 

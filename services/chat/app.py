@@ -17,12 +17,14 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from docent.v1 import chat_pb2_grpc, retrieval_pb2_grpc
+from docent.v1 import chat_pb2_grpc, ingest_pb2_grpc, retrieval_pb2_grpc
 from services.chat.answerers import create_answering
+from services.chat.collections import CollectionScope
 from services.chat.history import token_counter
 from services.chat.pipeline import ChatPipeline
 from services.chat.servicer import ChatServicer
 from services.runtime import db
+from services.runtime.auth import jwt_secret
 from services.runtime.config import Settings
 from services.runtime.grpc_client import create_channel
 from services.runtime.grpc_server import ServiceDefinition
@@ -66,11 +68,14 @@ async def build_chat_service(settings: Settings) -> ChatService:
         stack.callback(enqueuer.close)
         channel = create_channel(settings.target("retrieval"))
         stack.push_async_callback(channel.close)
+        ingest_channel = create_channel(settings.target("ingest"))
+        stack.push_async_callback(ingest_channel.close)
+        scope = CollectionScope(ingest_pb2_grpc.IngestServiceStub(ingest_channel), jwt_secret(settings))
         answerer, rewriter = create_answering(settings)
         stack.push_async_callback(answerer.close)
         count_tokens = await asyncio.to_thread(token_counter)
         retrieval = retrieval_pb2_grpc.RetrievalServiceStub(channel)
-        pipeline = ChatPipeline(settings, pool, retrieval, enqueuer, answerer, rewriter, count_tokens)
+        pipeline = ChatPipeline(settings, pool, retrieval, enqueuer, answerer, rewriter, count_tokens, scope)
         log.info("answerer", model=answerer.model, llm_base_url=settings.llm_base_url or None,
                  history_token_budget=settings.history_token_budget)
         limiter = RateLimiter(settings.redis_url)

@@ -17,6 +17,7 @@ given to the answerer.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ import structlog
 from docent.v1 import chat_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.chat import conversations, memory_vectors, records
 from services.chat.answer import Answerer, AnswerRequest, citations, context_from_search
+from services.chat.collections import CollectionScope
 from services.chat.history import MAX_TURNS_LOADED, HistoryTurn, within_budget
 from services.chat.rewrite import Rewriter
 from services.runtime.config import Settings
@@ -68,8 +70,9 @@ def _ms(since: float) -> float:
 class ChatPipeline:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
                  enqueuer: Enqueuer | None, answerer: Answerer, rewriter: Rewriter,
-                 count_tokens: Callable[[str], int]) -> None:
+                 count_tokens: Callable[[str], int], scope: CollectionScope) -> None:
         self.settings = settings
+        self.scope = scope
         self.pool = pool
         self.retrieval = retrieval
         self.enqueuer = enqueuer
@@ -114,14 +117,21 @@ class ChatPipeline:
             raise InvalidArgument("query is required", reason="QUERY_REQUIRED")
         if len(query) > MAX_QUERY_CHARS:
             raise InvalidArgument(f"query is longer than {MAX_QUERY_CHARS} characters", reason="QUERY_TOO_LONG")
-        conversation_id, is_new = await self.resolve_conversation(user_id, options.conversation_id)
-        yield Started(str(conversation_id))
-        history = [] if is_new else await self.history(user_id, conversation_id)
-        standalone = await self.rewriter.standalone(query, history)
+        # which collections to search: asked of the ingest service while the conversation is read
+        search_token = asyncio.ensure_future(self.scope.search_token(user_id, token, list(options.collection_ids)))
+        try:
+            conversation_id, is_new = await self.resolve_conversation(user_id, options.conversation_id)
+            yield Started(str(conversation_id))
+            history = [] if is_new else await self.history(user_id, conversation_id)
+            standalone = await self.rewriter.standalone(query, history)
+            retrieval_token = await search_token
+        finally:
+            if not search_token.done():
+                search_token.cancel()
 
         retrieval_started = time.perf_counter()
         # recent turns are in the context already: search the other conversations (module docstring)
-        found = await self.search(standalone, options, str(conversation_id) if history else "", token)
+        found = await self.search(standalone, options, str(conversation_id) if history else "", retrieval_token)
         retrieval_ms = _ms(retrieval_started)
 
         context = context_from_search(found.results)

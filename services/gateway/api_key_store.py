@@ -36,13 +36,15 @@ log = structlog.get_logger("docent.gateway.api_keys")
 REPUBLISH_SECONDS = 30.0
 MAX_ACTIVE_KEYS = 100
 _FAILURES = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-_COLUMNS = ("id, user_id, name, secret_hash, access, chats_per_minute, uploads_per_minute, created_at, "
-            "expires_at, revoked_at, last_used_at")
+_COLUMNS = ("id, user_id, name, secret_hash, access, chats_per_minute, uploads_per_minute, collection_ids, "
+            "created_at, expires_at, revoked_at, last_used_at")
 
 
 def grant_of(row: asyncpg.Record) -> KeyGrant:
+    collections = row["collection_ids"]
     return KeyGrant(key_id=str(row["id"]), access=row["access"], chats_per_minute=row["chats_per_minute"],
-                    uploads_per_minute=row["uploads_per_minute"])
+                    uploads_per_minute=row["uploads_per_minute"],
+                    collections=tuple(str(value) for value in collections) if collections is not None else None)
 
 
 def _published(row: asyncpg.Record) -> PublishedKey:
@@ -77,7 +79,8 @@ class ApiKeys:
         return str(row["user_id"]), grant_of(row)
 
     async def create(self, user_id: str, name: str, access: str, expires_at: dt.datetime | None,
-                     chats_per_minute: int | None, uploads_per_minute: int | None) -> tuple[asyncpg.Record, str]:
+                     chats_per_minute: int | None, uploads_per_minute: int | None,
+                     collection_ids: list[uuid.UUID] | None = None) -> tuple[asyncpg.Record, str]:
         key_id, key = new_key()
         async with self._pool().acquire() as conn, conn.transaction():
             # serialise one user's creations so the cap holds under concurrent requests
@@ -90,10 +93,10 @@ class ApiKeys:
                                "API_KEY_LIMIT")
             row = await conn.fetchrow(
                 f"""INSERT INTO api_keys (id, user_id, name, secret_hash, access, chats_per_minute,
-                                          uploads_per_minute, expires_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}""",
+                                          uploads_per_minute, expires_at, collection_ids)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}""",
                 key_id, uuid.UUID(user_id), name, secret_hash(key), access, chats_per_minute, uploads_per_minute,
-                expires_at)
+                expires_at, collection_ids)
         await self._publish([_published(row)], [])
         log.info("api_key_created", api_key_id=str(key_id), access=access)
         return row, key

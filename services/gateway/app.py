@@ -32,6 +32,7 @@ from services.gateway import (
     accounts,
     routes_api_keys,
     routes_chat,
+    routes_collections,
     routes_file_types,
     routes_upload,
     routes_usage,
@@ -93,6 +94,7 @@ def create_app(settings: Settings, jwt_secret: str) -> FastAPI:
     app.include_router(routes_chat.router)
     app.include_router(routes_api_keys.router)
     app.include_router(routes_usage.router)
+    app.include_router(routes_collections.router)
 
     @app.get("/health", tags=["ops"], response_model=HealthOut, operation_id="getHealth",
              responses=error_responses({500: INTERNAL}))

@@ -22,7 +22,8 @@ Access = Literal["read", "write"]
 
 _KEY_EXAMPLE = {"id": "0b6f2c1e-8f3a-4d55-9c1b-2a7e5d4c3b21", "name": "nightly-sync", "prefix": "dk_0b6f2c1e",
                 "access": "read", "created_at": "2026-12-01T09:00:00Z", "expires_at": "2027-03-01T09:00:00Z",
-                "last_used_at": "2026-12-02T08:15:00Z", "chats_per_minute": 30, "uploads_per_minute": 10}
+                "last_used_at": "2026-12-02T08:15:00Z", "chats_per_minute": 30, "uploads_per_minute": 10,
+                "collection_ids": ["7c9e6679-7425-40de-944b-e07fc1f90ae7"]}
 
 
 class CreateApiKeyRequest(BaseModel):
@@ -34,9 +35,13 @@ class CreateApiKeyRequest(BaseModel):
                                          description="this key's own chat limit, on top of its user's")
     uploads_per_minute: int | None = Field(None, ge=1, le=100_000,
                                            description="this key's own upload limit, on top of its user's")
+    collection_ids: list[uuid.UUID] | None = Field(
+        None, max_length=100, description="the collections the key reaches (among those its user belongs to); "
+                                          "absent: all of them")
 
     model_config = {"json_schema_extra": {"examples": [
-        {"name": "nightly-sync", "access": "read", "expires_in_days": 90, "chats_per_minute": 30}]}}
+        {"name": "nightly-sync", "access": "read", "expires_in_days": 90, "chats_per_minute": 30,
+         "collection_ids": ["7c9e6679-7425-40de-944b-e07fc1f90ae7"]}]}}
 
 
 class ApiKeyOut(BaseModel):
@@ -49,6 +54,7 @@ class ApiKeyOut(BaseModel):
     last_used_at: dt.datetime | None
     chats_per_minute: int | None
     uploads_per_minute: int | None
+    collection_ids: list[str] | None = Field(description="the collections the key reaches; null: all its user's")
 
     model_config = {"json_schema_extra": {"examples": [_KEY_EXAMPLE]}}
 
@@ -67,7 +73,9 @@ class ApiKeyList(BaseModel):
 def _key_out(row: asyncpg.Record, last_used: dt.datetime | None) -> dict[str, object]:
     return {"id": str(row["id"]), "name": row["name"], "prefix": display_prefix(row["id"]), "access": row["access"],
             "created_at": row["created_at"], "expires_at": row["expires_at"], "last_used_at": last_used,
-            "chats_per_minute": row["chats_per_minute"], "uploads_per_minute": row["uploads_per_minute"]}
+            "chats_per_minute": row["chats_per_minute"], "uploads_per_minute": row["uploads_per_minute"],
+            "collection_ids": [str(value) for value in row["collection_ids"]] if row["collection_ids"] is not None
+            else None}
 
 
 _SESSION = "403: a session token is needed to manage keys, not an API key (SESSION_REQUIRED)"
@@ -87,7 +95,9 @@ async def create_key(body: CreateApiKeyRequest, caller: CallerDep, state: StateD
     _require_session(caller)
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=body.expires_in_days)) if body.expires_in_days else None
     row, key = await state.api_keys.create(caller.user_id, body.name, body.access, expires,
-                                           body.chats_per_minute, body.uploads_per_minute)
+                                           body.chats_per_minute, body.uploads_per_minute,
+                                           list(dict.fromkeys(body.collection_ids)) if body.collection_ids is not None
+                                           else None)
     return CreatedApiKeyOut(**_key_out(row, None), key=key)
 
 

@@ -35,9 +35,12 @@ from services.gateway.state import WATCH_TIMEOUT_SECONDS
 router = APIRouter(prefix="/api/upload", tags=["documents"])
 UPLOAD_CHUNK_BYTES = 256 * 1024
 LIST_PAGE_SIZE = 100
+COLLECTION_PARAMETER = "the collection to upload into (editor or owner); the caller's personal collection when absent"
 
 _COMMON = {401: UNAUTHORIZED, 500: INTERNAL, 503: UPSTREAM_UNAVAILABLE, 504: UPSTREAM_TIMEOUT}
-_ERRORS = error_responses({**_COMMON, 404: "no such document for this user (DOCUMENT_NOT_FOUND)"}, validation=True)
+_ERRORS = error_responses({**_COMMON, 404: "no such document in the caller's collections (DOCUMENT_NOT_FOUND)",
+                           403: "delete: the caller may read but not change it (COLLECTION_ROLE_REQUIRED, "
+                                "API_KEY_READ_ONLY)"}, validation=True)
 EVENTS_DESCRIPTION = """Live progress as server-sent events, from the current state until completed or failed.
 
 Browsers' EventSource cannot send headers: `?access_token=` is accepted here instead.
@@ -55,9 +58,9 @@ Comment lines (`: ping`) keep a quiet stream open every 15 s.
 """
 
 
-async def _upload_messages(file: UploadFile) -> AsyncIterator[ingest_pb2.UploadDocumentRequest]:
+async def _upload_messages(file: UploadFile, collection_id: str) -> AsyncIterator[ingest_pb2.UploadDocumentRequest]:
     yield ingest_pb2.UploadDocumentRequest(metadata=ingest_pb2.UploadMetadata(
-        filename=file.filename or "", content_type=file.content_type or ""))
+        filename=file.filename or "", content_type=file.content_type or "", collection_id=collection_id))
     while chunk := await file.read(UPLOAD_CHUNK_BYTES):
         yield ingest_pb2.UploadDocumentRequest(chunk=chunk)
 
@@ -65,13 +68,17 @@ async def _upload_messages(file: UploadFile) -> AsyncIterator[ingest_pb2.UploadD
 @router.post("/", status_code=status.HTTP_202_ACCEPTED, response_model=DocumentOut, operation_id="uploadDocument",
              responses=error_responses({**_COMMON, 400: "empty or unreadable file (EMPTY_FILE, ...)",
                                         413: "larger than DOCENT_MAX_UPLOAD_BYTES (FILE_TOO_LARGE)",
-                                        415: "a type GET /api/file-types does not list (UNSUPPORTED_FILE_TYPE)"},
+                                        415: "a type GET /api/file-types does not list (UNSUPPORTED_FILE_TYPE)",
+                                        403: "the caller may read but not edit the collection "
+                                             "(COLLECTION_ROLE_REQUIRED), or a read-only API key",
+                                        404: "no such collection among the caller's (COLLECTION_NOT_FOUND)"},
                                        validation=True))
 async def upload(caller: CallerDep, state: StateDep,
-                 file: Annotated[UploadFile, File(description="the document, of a type GET /api/file-types lists")]
+                 file: Annotated[UploadFile, File(description="the document, of a type GET /api/file-types lists")],
+                 collection_id: Annotated[str, Query(max_length=64, description=COLLECTION_PARAMETER)] = "",
                  ) -> DocumentOut:
     """Store the file and queue its processing; returns at once (202) with status `pending`."""
-    reply = await state.ingest.UploadDocument(_upload_messages(file), **state.options(caller))
+    reply = await state.ingest.UploadDocument(_upload_messages(file, collection_id), **state.options(caller))
     return DocumentOut.from_upload(reply)
 
 
@@ -85,7 +92,9 @@ async def _replace_messages(document_id: str, file: UploadFile) -> AsyncIterator
 @router.put("/{document_id}", status_code=status.HTTP_202_ACCEPTED, response_model=DocumentOut,
             operation_id="replaceDocument",
             responses=error_responses({**_COMMON, 400: "empty or unreadable file (EMPTY_FILE, ...)",
-                                       404: "no such document for this user (DOCUMENT_NOT_FOUND)",
+                                       404: "no such document in the caller's collections (DOCUMENT_NOT_FOUND)",
+                                       403: "the caller may read but not change it (COLLECTION_ROLE_REQUIRED, "
+                                            "API_KEY_READ_ONLY)",
                                        409: "a version of the document is being processed (DOCUMENT_BUSY), or "
                                             "another of the caller's documents has these bytes (DUPLICATE_DOCUMENT)",
                                        413: "larger than DOCENT_MAX_UPLOAD_BYTES (FILE_TOO_LARGE)",
@@ -105,16 +114,22 @@ async def replace(document_id: str, caller: CallerDep, state: StateDep,
 
 
 @router.get("/", response_model=list[DocumentOut], operation_id="listDocuments",
-            responses=error_responses(_COMMON, validation=True))
+            responses=error_responses({**_COMMON, 404: "collection_id names no collection of the caller's "
+                                                            "(COLLECTION_NOT_FOUND)"}, validation=True))
 async def list_documents(caller: CallerDep, state: StateDep, response: Response,
-                         limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> list[DocumentOut]:
-    """The caller's documents, newest first (total in the `X-Total-Count` header)."""
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+                         collection_id: Annotated[str, Query(max_length=64, description="only this collection's "
+                                                                                        "documents")] = "",
+                         ) -> list[DocumentOut]:
+    """The documents of the caller's collections (or of one), newest first (total in the `X-Total-Count`
+    header)."""
     documents: list[DocumentOut] = []
     token = ""
     total = 0
     while len(documents) < limit:
         page = await state.ingest.ListDocuments(
-            ingest_pb2.ListDocumentsRequest(page_size=min(LIST_PAGE_SIZE, limit - len(documents)), page_token=token),
+            ingest_pb2.ListDocumentsRequest(page_size=min(LIST_PAGE_SIZE, limit - len(documents)), page_token=token,
+                                            collection_id=collection_id),
             **state.options(caller))
         documents.extend(DocumentOut.from_proto(document) for document in page.documents)
         total = page.total_size

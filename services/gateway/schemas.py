@@ -226,6 +226,7 @@ class DocumentOut(BaseModel):
     version: int = Field(1, description=VERSION_DESCRIPTION)
     pending_version: int | None = Field(None, description=PENDING_VERSION_DESCRIPTION)
     versions: list[DocumentVersionOut] = Field(default_factory=list, description=VERSIONS_DESCRIPTION)
+    collection_id: str | None = Field(None, description="the collection the document lives in (GET /api/collections)")
 
     model_config = {"json_schema_extra": {"examples": [_DOCUMENT_EXAMPLE]}}
 
@@ -241,7 +242,8 @@ class DocumentOut(BaseModel):
             page_count=document.page_count, chunk_count=document.chunk_count, sha256=document.sha256,
             progress=Progress.from_proto(document), version=document.version or 1,
             pending_version=document.pending_version or None,
-            versions=[DocumentVersionOut.from_proto(version) for version in document.versions])
+            versions=[DocumentVersionOut.from_proto(version) for version in document.versions],
+            collection_id=document.collection_id or None)
 
     @classmethod
     def from_upload(cls, reply: ingest_pb2.UploadDocumentResponse) -> DocumentOut:
@@ -297,7 +299,8 @@ class DocumentStatusOut(BaseModel):
             progress=progress, vector_collection_id=document.vector_collection or None,
             page_count=document.page_count, chunk_count=document.chunk_count, version=document.version or 1,
             pending_version=document.pending_version or None,
-            versions=[DocumentVersionOut.from_proto(version) for version in document.versions])
+            versions=[DocumentVersionOut.from_proto(version) for version in document.versions],
+            collection_id=document.collection_id or None)
 
 
 class DocumentEvent(DocumentStatusOut):
@@ -354,6 +357,10 @@ class ChatIn(BaseModel):
     weights: Weights | None = None
     top_k: int | None = Field(None, ge=1, le=100)
     document_ids: list[str] | None = Field(None, max_length=100, description="search only these documents")
+    collection_ids: list[str] | None = Field(
+        None, max_length=100, description="search only these collections' documents (the caller must belong to "
+                                          "each); all the caller's collections when absent. Chat memory is the "
+                                          "caller's own either way")
     mode: Literal["dense", "hybrid"] | None = None
 
     model_config = {"json_schema_extra": {"examples": [
@@ -363,7 +370,7 @@ class ChatIn(BaseModel):
 
     def options(self) -> chat_pb2.ChatOptions:
         options = chat_pb2.ChatOptions(conversation_id=self.conversation_id or "", top_k=self.top_k or 0,
-                                       document_ids=self.document_ids or [])
+                                       document_ids=self.document_ids or [], collection_ids=self.collection_ids or [])
         if self.weights is not None:
             if self.weights.documents is not None:
                 options.weights.documents = self.weights.documents

@@ -13,6 +13,7 @@ from docent.v1 import ingest_pb2_grpc, retrieval_pb2_grpc
 from services.ingest.events import DocumentEvents
 from services.ingest.servicer import IngestServicer
 from services.runtime import db
+from services.runtime.auth import jwt_secret
 from services.runtime.config import Settings
 from services.runtime.grpc_client import create_channel
 from services.runtime.grpc_server import ServiceDefinition
@@ -53,7 +54,7 @@ async def build_ingest_service(settings: Settings) -> IngestService:
         quotas = Quotas(limiter, chats_per_minute=settings.quota_chats_per_minute,
                         uploads_per_minute=settings.quota_uploads_per_minute)
         servicer = IngestServicer(settings, pool, enqueuer, retrieval_pb2_grpc.RetrievalServiceStub(channel), events,
-                                  quotas)
+                                  quotas, jwt_secret(settings))
         service = IngestService(servicer, pool, enqueuer, stack.pop_all())
     return service
 

@@ -82,6 +82,7 @@ class Claim:
     attempts: int
     version: int = 1
     staged: bool = False  # a replacement: written invisible until activated
+    collection_id: str = ""  # the document's collection: its chunks carry it, and search filters on it
 
 
 class Progress:
@@ -112,7 +113,7 @@ async def claim(pool: asyncpg.Pool, document_id: str, lease_seconds: int) -> Cla
     if row is None:
         return None
     return Claim(row["id"], row["user_id"], row["filename"], row["mime_type"], row["attempts"], row["version"],
-                 row["staged"])
+                 row["staged"], str(row["collection_id"]))
 
 
 async def release(pool: asyncpg.Pool, document_id: str, reason: str) -> None:
@@ -279,9 +280,11 @@ async def _upsert(resources: WorkerResources, claimed: Claim, chunks: list[retri
                   document_chunk_count: int) -> None:
     request = retrieval_pb2.UpsertChunksRequest(
         document_id=str(claimed.id), filename=claimed.filename, chunks=chunks, embedding_model=model,
-        document_chunk_count=document_chunk_count, version=claimed.version, staged=claimed.staged)
+        document_chunk_count=document_chunk_count, version=claimed.version, staged=claimed.staged,
+        collection_id=claimed.collection_id)
     try:
-        await resources.retrieval.UpsertChunks(request, **resources.call_options_for(claimed.user_id))
+        await resources.retrieval.UpsertChunks(
+            request, **resources.call_options_for(claimed.user_id, collections=(claimed.collection_id,)))
     except grpc.aio.AioRpcError as error:
         if error.code() in PERMANENT_GRPC_CODES:
             raise PermanentFailure(f"the retrieval service rejected the chunks: {error.details()}",

@@ -7,6 +7,7 @@ import hashlib
 import os
 import unicodedata
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import grpc
@@ -14,11 +15,14 @@ import structlog
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from docent.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from services.ingest import documents, formats, states
+from services.ingest import collections, documents, formats, states
+from services.ingest.collection_rpcs import CollectionMethods
+from services.ingest.collections import Caller
 from services.ingest.events import DocumentEvents
 from services.ingest.filetypes import EmptyFile, UnsupportedType, detect_type
 from services.ingest.webhook_target import refused_reason
-from services.runtime.call_context import current_token, current_user_id, require_admin, require_write
+from services.runtime.auth import mint_token
+from services.runtime.call_context import current_identity, current_user_id, require_admin, require_write
 from services.runtime.config import Settings
 from services.runtime.errors import (
     AlreadyExists,
@@ -39,6 +43,7 @@ log = structlog.get_logger("docent.ingest")
 HEAD_BYTES = 8192
 WATCH_POLL_SECONDS = 2.0
 MAX_FILENAME = 255
+UploadMessage = ingest_pb2.UploadDocumentRequest | ingest_pb2.ReplaceDocumentRequest
 
 
 def clean_filename(raw: str) -> str:
@@ -52,10 +57,11 @@ def clean_filename(raw: str) -> str:
     return name
 
 
-async def _receive(request_iterator: AsyncIterator[ingest_pb2.ReplaceDocumentRequest],
-                   limit: int) -> tuple[ingest_pb2.ReplaceMetadata, bytes, str]:
-    """A replacement stream: (metadata, bytes, sha256), with the protocol and size rules of an upload."""
-    metadata: ingest_pb2.ReplaceMetadata | None = None
+async def _receive(request_iterator: AsyncIterator[UploadMessage],
+                   limit: int) -> tuple[Any, bytes, str]:
+    """An upload or replacement stream: (its metadata, the bytes, their sha256). The metadata comes first
+    and once; more than `limit` bytes is FILE_TOO_LARGE."""
+    metadata = None
     content = bytearray()
     digest = hashlib.sha256()
     async for message in request_iterator:
@@ -80,10 +86,17 @@ def _document_not_found(document_id: str) -> NotFound:
     return NotFound(f"document {document_id} not found", reason="DOCUMENT_NOT_FOUND", document_id=document_id)
 
 
-class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+def _caller() -> Caller:
+    return Caller.of(current_identity())
+
+
+class IngestServicer(CollectionMethods, ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer,
-                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub, events: DocumentEvents, quotas: Quotas) -> None:
+                 retrieval: retrieval_pb2_grpc.RetrievalServiceStub, events: DocumentEvents, quotas: Quotas,
+                 secret: str) -> None:
         self.settings = settings
+        # signs the token of a call made for a document's uploader (deleting its chunks)
+        self.secret = secret
         self.quotas = quotas
         self.pool = pool
         self.enqueuer = enqueuer
@@ -94,26 +107,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                              context: grpc.aio.ServicerContext) -> ingest_pb2.UploadDocumentResponse:
         identity = require_write()
         await self.quotas.admit_upload(identity)
-        user_id = identity.user_id
-        limit = self.settings.max_upload_bytes
-        metadata: ingest_pb2.UploadMetadata | None = None
-        content = bytearray()
-        digest = hashlib.sha256()
-        async for message in request_iterator:
-            if message.HasField("metadata"):
-                if metadata is not None or content:
-                    raise InvalidArgument("metadata must be sent once, before the bytes", reason="UPLOAD_PROTOCOL")
-                metadata = message.metadata
-                continue
-            if metadata is None:
-                raise InvalidArgument("the first message must carry the metadata", reason="UPLOAD_PROTOCOL")
-            if len(content) + len(message.chunk) > limit:
-                raise ResourceExhausted(f"file is larger than the {limit} byte limit", reason="FILE_TOO_LARGE",
-                                        limit_bytes=limit)
-            content.extend(message.chunk)
-            digest.update(message.chunk)
-        if metadata is None:
-            raise InvalidArgument("no upload metadata received", reason="UPLOAD_PROTOCOL")
+        caller = Caller.of(identity)
+        metadata, content, sha256 = await _receive(request_iterator, self.settings.max_upload_bytes)
+        # before anything is stored: an upload into a collection the caller may not edit is refused
+        collection_id = await collections.upload_target(self.pool, caller, metadata.collection_id)
         filename = clean_filename(metadata.filename)
         webhook_url = metadata.webhook_url.strip() or None
         if webhook_url and not webhook_url.startswith(("http://", "https://")):
@@ -124,17 +121,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 raise InvalidArgument(f"webhook_url is not allowed: {refused} (DOCENT_WEBHOOK_ALLOW_PRIVATE)",
                                       reason="WEBHOOK_URL_FORBIDDEN")
         try:
-            mime_type = detect_type(filename, metadata.content_type, bytes(content[:HEAD_BYTES]))
+            mime_type = detect_type(filename, metadata.content_type, content[:HEAD_BYTES])
         except EmptyFile:
             raise InvalidArgument("the file is empty", reason="EMPTY_FILE") from None
         except UnsupportedType as error:
             raise InvalidArgument(str(error), reason="UNSUPPORTED_FILE_TYPE") from None
 
-        await self._check_storage(user_id, len(content))
+        await self._check_storage(caller.user_id, len(content))
         async with self.pool.acquire() as conn:
             row, created = await documents.insert(
-                conn, user_id=user_id, filename=filename, mime_type=mime_type, content=bytes(content),
-                sha256=digest.hexdigest(), webhook_url=webhook_url)
+                conn, user_id=caller.user_id, collection_id=collection_id, filename=filename, mime_type=mime_type,
+                content=content, sha256=sha256, webhook_url=webhook_url)
         if created:
             row = await self._enqueue(row)
         log.info("document_uploaded", document_id=str(row["id"]), bytes=len(content), mime_type=mime_type,
@@ -149,7 +146,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         like an upload: a read-only API key is refused, and it counts against the uploads-per-minute quota."""
         identity = require_write()
         await self.quotas.admit_upload(identity)
-        user_id = identity.user_id
         metadata, content, sha256 = await _receive(request_iterator, self.settings.max_upload_bytes)
         filename = clean_filename(metadata.filename)
         if not metadata.document_id.strip():
@@ -163,14 +159,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             async with self.pool.acquire() as conn:
                 row, version = await documents.insert_version(
-                    conn, user_id=user_id, document_id=metadata.document_id, filename=filename, mime_type=mime_type,
-                    content=content, sha256=sha256)
+                    conn, caller=Caller.of(identity), document_id=metadata.document_id, filename=filename,
+                    mime_type=mime_type, content=content, sha256=sha256)
         except documents.ReplaceRefused as refused:
             if refused.busy:
                 raise FailedPrecondition(
                     "a version of this document is being processed; replace it once that is finished",
                     reason="DOCUMENT_BUSY", document_id=metadata.document_id) from None
-            raise AlreadyExists("another of your documents has exactly these bytes", reason="DUPLICATE_DOCUMENT",
+            raise AlreadyExists("another document of this collection has exactly these bytes",
+                                reason="DUPLICATE_DOCUMENT",
                                 document_id=str(refused.duplicate_of)) from None
         if row is None:
             raise _document_not_found(metadata.document_id)
@@ -212,7 +209,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             log.warning("enqueue_failed", document_id=str(row["id"]), error=type(error).__name__)
             return row
         await states.mark_enqueued(self.pool, row["id"], task_id)
-        return await documents.get(self.pool, row["user_id"], str(row["id"])) or row
+        return await documents.get_any(self.pool, str(row["id"])) or row
 
     async def ReindexDocuments(self, request: ingest_pb2.ReindexDocumentsRequest,
                                context: grpc.aio.ServicerContext) -> ingest_pb2.ReindexDocumentsResponse:
@@ -232,14 +229,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.ReindexDocumentsResponse(documents_requeued=len(requeued), documents_enqueued=enqueued)
 
     async def GetDocument(self, request: ingest_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext):
-        row = await documents.get(self.pool, current_user_id(), request.document_id)
+        row = await documents.get(self.pool, _caller(), request.document_id)
         if row is None:
             raise _document_not_found(request.document_id)
         return await documents.with_versions(self.pool, row)
 
     async def ListDocuments(self, request: ingest_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext):
         page_size, cursor = page_request(request.page_size, request.page_token)
-        rows, next_cursor, total = await documents.list_page(self.pool, current_user_id(), page_size, cursor)
+        caller = _caller()
+        collection_id = None
+        if request.collection_id:
+            collection_id = await collections.require_role(self.pool, caller, request.collection_id,
+                                                           collections.VIEWER)
+        rows, next_cursor, total = await documents.list_page(self.pool, caller, page_size, cursor, collection_id)
         return ingest_pb2.ListDocumentsResponse(
             documents=await documents.to_pbs(self.pool, rows),
             next_page_token=next_cursor.encode() if next_cursor else "", total_size=total)
@@ -252,24 +254,27 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             for file_type in formats.REGISTRY.file_types])
 
     async def DeleteDocument(self, request: ingest_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext):
-        user_id = require_write().user_id
-        row = await documents.get(self.pool, user_id, request.document_id)
+        caller = Caller.of(require_write())
+        row = await documents.get(self.pool, caller, request.document_id)
         if row is None:
             raise _document_not_found(request.document_id)
-        # vectors first: if the retrieval service is down the row stays, and the delete can be retried
+        await collections.require_role(self.pool, caller, str(row["collection_id"]), collections.EDITOR)
+        # vectors first: if the retrieval service is down the row stays, and the delete can be retried. The
+        # chunks are their uploader's (an editor may delete another member's document): the call is made as
+        # the uploader.
         try:
             await self.retrieval.DeleteDocumentChunks(
                 retrieval_pb2.DeleteDocumentChunksRequest(document_id=str(row["id"])),
-                **call_options(current_token(), self.settings.grpc_deadline_seconds))
+                **call_options(mint_token(self.secret, row["user_id"], 60), self.settings.grpc_deadline_seconds))
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
-        await documents.delete(self.pool, user_id, str(row["id"]))
+        await documents.delete(self.pool, row["id"])
         log.info("document_deleted", document_id=str(row["id"]))
         return empty_pb2.Empty()
 
     async def WatchDocument(self, request: ingest_pb2.WatchDocumentRequest, context: grpc.aio.ServicerContext):
-        user_id = current_user_id()
-        row = await documents.get(self.pool, user_id, request.document_id)
+        caller = _caller()
+        row = await documents.get(self.pool, caller, request.document_id)
         if row is None:
             raise _document_not_found(request.document_id)
         document_id = str(row["id"])
@@ -293,6 +298,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 except TimeoutError:
                     pass
                 changed.clear()
-                row = await documents.get(self.pool, user_id, document_id)
+                row = await documents.get(self.pool, caller, document_id)
         finally:
             self.events.unsubscribe(document_id, changed)

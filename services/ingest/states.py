@@ -66,7 +66,8 @@ async def claim(db: Executor, document_id: uuid.UUID, lease_seconds: int) -> asy
                pages_done = 0, pages_total = 0, chunks_done = 0, chunks_total = 0,
                lease_until = now() + make_interval(secs => $2), updated_at = now()
            WHERE id = $1 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
-           RETURNING id, user_id, attempts, {WORK_VERSION} AS version, pending_version IS NOT NULL AS staged,
+           RETURNING id, user_id, collection_id, attempts, {WORK_VERSION} AS version,
+                     pending_version IS NOT NULL AS staged,
                      coalesce((SELECT v.filename FROM document_versions v
                                WHERE v.document_id = documents.id AND v.version = documents.pending_version),
                               filename) AS filename,
@@ -143,7 +144,8 @@ async def fail(db: Executor, document_id: uuid.UUID, message: str, reason: str) 
             marked AS (
                 UPDATE document_versions v SET status = 'failed', error = $2, error_reason = $3
                 FROM documents d, target t
-                WHERE d.id = t.target_id AND v.document_id = d.id AND v.version = coalesce(d.pending_version, d.version))
+                WHERE d.id = t.target_id AND v.document_id = d.id
+                  AND v.version = coalesce(d.pending_version, d.version))
             UPDATE documents SET
                    status = CASE WHEN replaced_version IS NULL THEN 'failed' ELSE coalesce(active_status, 'failed') END,
                    stage = CASE WHEN replaced_version IS NULL THEN 'failed' ELSE coalesce(active_status, 'failed') END,

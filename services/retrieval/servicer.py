@@ -27,11 +27,11 @@ from services.retrieval.store import (
     VectorStore,
 )
 from services.runtime import tracing
-from services.runtime.call_context import current_user_id, require_admin
+from services.runtime.call_context import current_user_id, require_admin, searchable_collections
 from services.runtime.config import Settings
 from services.runtime.embeddings import Embedder
-from services.runtime.errors import FailedPrecondition, InvalidArgument
-from services.runtime.names import MAX_QUERY_CHARS
+from services.runtime.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.runtime.names import MAX_QUERY_CHARS, personal_collection_id
 
 MAX_TOP_K = 100
 CACHE_SIZE = 2048
@@ -199,8 +199,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                          else self.settings.min_score_documents)
         min_chat = (request.min_score_chat_history if request.HasField("min_score_chat_history")
                     else self.settings.min_score_chat_history)
+        collections = searchable_collections()
         filters = SearchFilters(document_ids=tuple(request.document_ids), conversation_id=request.conversation_id,
-                                exclude_conversation_id=request.exclude_conversation_id)
+                                exclude_conversation_id=request.exclude_conversation_id, collection_ids=collections,
+                                legacy_personal=personal_collection_id(user_id) in collections)
 
         started = time.perf_counter()
         with tracing.span("retrieval.embed_query"):
@@ -209,7 +211,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         embedded = time.perf_counter()
 
         async def fetch(source: Source, min_score: float) -> list[Hit]:
-            if weights.of(source) <= 0:
+            if weights.of(source) <= 0 or (source is Source.DOCUMENTS and not collections):
                 return []
             # hybrid: the threshold applies to the dense prefetch inside the fusion query
             limit = self.rerank.candidates(top_k) if source is Source.DOCUMENTS else top_k
@@ -282,8 +284,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         if request.version < 0:
             raise InvalidArgument("version must be >= 1 (0 means 1)", reason="VERSION_INVALID")
         version = request.version or 1
+        collection_id = request.collection_id or personal_collection_id(user_id)
+        if collection_id not in searchable_collections():
+            raise PermissionDenied("the caller's token does not name this collection", reason="COLLECTION_NOT_ALLOWED",
+                                   collection_id=collection_id)
         count = await self.store.upsert_chunks(user_id, document_id, request.filename, records, version=version,
-                                               staged=request.staged)
+                                               staged=request.staged, collection_id=collection_id)
         if request.document_chunk_count > 0:
             await self.store.delete_stale_chunks(user_id, document_id, request.document_chunk_count, version=version)
         return retrieval_pb2.UpsertChunksResponse(upserted_count=count, collection=Source.DOCUMENTS.collection)

@@ -92,6 +92,11 @@ class SearchFilters:
     document_ids: tuple[str, ...] = ()
     conversation_id: str = ""
     exclude_conversation_id: str = ""
+    # documents: the collections to search (None: the user's own chunks, by user id, as chat memory is
+    # searched). Chunks indexed before collections existed carry no collection: they are their uploader's
+    # personal documents, found when `legacy_personal` is set (the personal collection is among them).
+    collection_ids: tuple[str, ...] | None = None
+    legacy_personal: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,11 @@ class VectorStore(Protocol):
     async def close(self) -> None: ...
 
     async def upsert_chunks(self, user_id: str, document_id: str, filename: str,
-                            chunks: Sequence[ChunkRecord], version: int = 1, staged: bool = False) -> int:
+                            chunks: Sequence[ChunkRecord], version: int = 1, staged: bool = False,
+                            collection_id: str = "") -> int:
         """Write one version's chunks: searchable at once, or `staged` (invisible until activate_version)
-        unless `version` is already the document's searchable one."""
+        unless `version` is already the document's searchable one. `collection_id` is the document's
+        collection, which Search filters on."""
 
     async def delete_stale_chunks(self, user_id: str, document_id: str, keep_below: int, version: int = 1) -> None:
         """Delete this version's chunks with chunk_index >= keep_below (left from an earlier run)."""
@@ -162,9 +169,10 @@ def write_slot(live: dict[str, object] | None, version: int, staged: bool) -> tu
 
 
 def chunk_payload(user_id: str, document_id: str, filename: str, chunk: ChunkRecord, version: int = 1,
-                  slot: int = 0, live: int = 0) -> dict[str, object]:
+                  slot: int = 0, live: int = 0, collection_id: str = "") -> dict[str, object]:
     return {
         "user_id": user_id,
+        **({"collection_id": collection_id} if collection_id else {}),
         "document_id": document_id,
         "version": version,
         "slot": slot,

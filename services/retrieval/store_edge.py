@@ -37,7 +37,8 @@ from services.retrieval.store import (
 UPSERT_BATCH = 256
 HYBRID_PREFETCH = 50
 _INDEXES: dict[Source, list[tuple[str, object]]] = {
-    Source.DOCUMENTS: [("document_id", qe.PayloadSchemaType.Keyword), ("chunk_index", qe.PayloadSchemaType.Integer),
+    Source.DOCUMENTS: [("document_id", qe.PayloadSchemaType.Keyword), ("collection_id", qe.PayloadSchemaType.Keyword),
+                       ("chunk_index", qe.PayloadSchemaType.Integer),
                        ("version", qe.PayloadSchemaType.Integer), ("slot", qe.PayloadSchemaType.Integer),
                        ("live", qe.PayloadSchemaType.Integer)],
     Source.CHAT_HISTORY: [("conversation_id", qe.PayloadSchemaType.Keyword)],
@@ -72,8 +73,18 @@ def _version(version: int) -> object:
     return _int("version", version)
 
 
+def _owner(source: Source, user_id: str, filters: SearchFilters | None) -> object:
+    """Whose points: the searched collections' (documents), else the user's own."""
+    if source is not Source.DOCUMENTS or filters is None or filters.collection_ids is None:
+        return _match("user_id", user_id)
+    should: list[object] = [qe.FieldCondition(key="collection_id", match=qe.MatchAny(list(filters.collection_ids)))]
+    if filters.legacy_personal:
+        should.append(qe.Filter(must=[_match("user_id", user_id), qe.IsEmptyCondition("collection_id")]))
+    return qe.Filter(should=should)
+
+
 def _filter(source: Source, user_id: str, filters: SearchFilters | None) -> qe.Filter:
-    must: list[object] = [_match("user_id", user_id)]
+    must: list[object] = [_owner(source, user_id, filters)]
     if source is Source.DOCUMENTS:
         must.append(_VISIBLE)
     must_not: list[object] = []
@@ -167,7 +178,8 @@ class EdgeStore:
         return dict(records[0].payload or {}) if records else None
 
     async def upsert_chunks(self, user_id: str, document_id: str, filename: str,
-                            chunks: Sequence[ChunkRecord], version: int = 1, staged: bool = False) -> int:
+                            chunks: Sequence[ChunkRecord], version: int = 1, staged: bool = False,
+                            collection_id: str = "") -> int:
         shard = self._shard(Source.DOCUMENTS)
         live = await asyncio.to_thread(self._first_payload, self._document(user_id, document_id, _VISIBLE))
         slot, live_slot = write_slot(live, version, staged)
@@ -175,7 +187,8 @@ class EdgeStore:
             points = [
                 qe.Point(chunk_point_id(document_id, chunk.chunk_index, version),
                          _vectors(chunk.embedding, chunk.sparse),
-                         chunk_payload(user_id, document_id, filename, chunk, version, slot, live_slot))
+                         chunk_payload(user_id, document_id, filename, chunk, version, slot, live_slot,
+                                       collection_id))
                 for chunk in chunks[start:start + UPSERT_BATCH]
             ]
             await asyncio.to_thread(shard.update, qe.UpdateOperation.upsert_points(points))

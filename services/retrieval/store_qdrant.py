@@ -33,6 +33,7 @@ UPSERT_BATCH = 256
 HYBRID_PREFETCH = 50
 _INDEXES: dict[Source, list[tuple[str, models.PayloadSchemaType]]] = {
     Source.DOCUMENTS: [("document_id", models.PayloadSchemaType.KEYWORD),
+                       ("collection_id", models.PayloadSchemaType.KEYWORD),
                        ("chunk_index", models.PayloadSchemaType.INTEGER),
                        ("version", models.PayloadSchemaType.INTEGER), ("slot", models.PayloadSchemaType.INTEGER),
                        ("live", models.PayloadSchemaType.INTEGER)],
@@ -69,8 +70,20 @@ def _document(user_id: str, document_id: str, *conditions: models.Condition,
                          must_not=must_not)
 
 
+def _owner(source: Source, user_id: str, filters: SearchFilters | None) -> models.Condition:
+    """Whose points: the searched collections' (documents), else the user's own."""
+    if source is not Source.DOCUMENTS or filters is None or filters.collection_ids is None:
+        return _match("user_id", user_id)
+    should: list[models.Condition] = [models.FieldCondition(
+        key="collection_id", match=models.MatchAny(any=list(filters.collection_ids)))]
+    if filters.legacy_personal:
+        should.append(models.Filter(must=[_match("user_id", user_id),
+                                          models.IsEmptyCondition(is_empty=models.PayloadField(key="collection_id"))]))
+    return models.Filter(should=should)
+
+
 def _filter(source: Source, user_id: str, filters: SearchFilters | None) -> models.Filter:
-    must: list[models.Condition] = [_match("user_id", user_id)]
+    must: list[models.Condition] = [_owner(source, user_id, filters)]
     if source is Source.DOCUMENTS:
         must.append(_VISIBLE)
     must_not: list[models.Condition] = []
@@ -159,7 +172,8 @@ class QdrantServerStore:
                                  wait=True)
 
     async def upsert_chunks(self, user_id: str, document_id: str, filename: str,
-                            chunks: Sequence[ChunkRecord], version: int = 1, staged: bool = False) -> int:
+                            chunks: Sequence[ChunkRecord], version: int = 1, staged: bool = False,
+                            collection_id: str = "") -> int:
         live = await self._first_payload(_document(user_id, document_id, _VISIBLE))
         slot, live_slot = write_slot(live, version, staged)
         for start in range(0, len(chunks), UPSERT_BATCH):
@@ -167,7 +181,7 @@ class QdrantServerStore:
                 models.PointStruct(id=chunk_point_id(document_id, chunk.chunk_index, version),
                                    vector=_vectors(chunk.embedding, chunk.sparse),  # type: ignore[arg-type]
                                    payload=chunk_payload(user_id, document_id, filename, chunk, version, slot,
-                                                         live_slot))
+                                                         live_slot, collection_id))
                 for chunk in chunks[start:start + UPSERT_BATCH]
             ]
             await self.client.upsert(Source.DOCUMENTS.collection, points=points, wait=True)

@@ -36,6 +36,8 @@ class KeyGrant:
     access: str = READ
     chats_per_minute: int | None = None
     uploads_per_minute: int | None = None
+    # the collection ids the key reaches (None: every collection its user belongs to)
+    collections: tuple[str, ...] | None = None
 
     def claims(self) -> dict[str, object]:
         claims: dict[str, object] = {"id": self.key_id, "access": self.access}
@@ -43,6 +45,8 @@ class KeyGrant:
             claims["cpm"] = self.chats_per_minute
         if self.uploads_per_minute is not None:
             claims["upm"] = self.uploads_per_minute
+        if self.collections is not None:
+            claims["col"] = list(self.collections)
         return claims
 
     @classmethod
@@ -50,8 +54,13 @@ class KeyGrant:
         if not isinstance(claims, dict) or not isinstance(claims.get("id"), str) \
                 or claims.get("access") not in ACCESS_LEVELS:
             raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
+        collections = claims.get("col")
+        if collections is not None and not (isinstance(collections, list)
+                                            and all(isinstance(value, str) for value in collections)):
+            raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
         return cls(key_id=claims["id"], access=claims["access"], chats_per_minute=_limit(claims.get("cpm")),
-                   uploads_per_minute=_limit(claims.get("upm")))
+                   uploads_per_minute=_limit(claims.get("upm")),
+                   collections=tuple(collections) if collections is not None else None)
 
 
 def _limit(value: object) -> int | None:
@@ -68,6 +77,10 @@ class Identity:
     # set when the caller authenticated with an API key (services.runtime.api_keys), directly or
     # through the gateway, which forwards a short-lived token carrying the key's grant
     key: KeyGrant | None = None
+    # the collections whose documents the caller may search, when a service that resolved them (chat,
+    # from the ingest service, which owns collections) minted this token for the retrieval service;
+    # None in users' own tokens (see call_context.searchable_collections)
+    collections: tuple[str, ...] | None = None
 
     @property
     def can_write(self) -> bool:
@@ -126,7 +139,8 @@ ADMIN_SCOPE = "admin"
 
 
 def mint_token(secret: str, user_id: str, ttl_seconds: int, *, token_id: str | None = None,
-               admin: bool = False, key: KeyGrant | None = None) -> str:
+               admin: bool = False, key: KeyGrant | None = None,
+               collections: list[str] | tuple[str, ...] | None = None) -> str:
     now = int(time.time())
     claims: dict[str, object] = {
         "sub": str(user_id),
@@ -139,6 +153,8 @@ def mint_token(secret: str, user_id: str, ttl_seconds: int, *, token_id: str | N
         claims["scope"] = ADMIN_SCOPE
     if key is not None:
         claims["key"] = key.claims()
+    if collections is not None:
+        claims["cols"] = list(collections)
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -153,8 +169,13 @@ def verify_token(secret: str, token: str) -> Identity:
     except jwt.InvalidTokenError:
         raise Unauthenticated("invalid token", reason="TOKEN_INVALID") from None
     key = KeyGrant.from_claims(claims["key"]) if "key" in claims else None
+    collections = claims.get("cols")
+    if collections is not None and not (isinstance(collections, list)
+                                        and all(isinstance(value, str) for value in collections)):
+        raise Unauthenticated("invalid token", reason="TOKEN_INVALID")
     return Identity(user_id=str(claims["sub"]), token_id=str(claims.get("jti", "")),
-                    admin=claims.get("scope") == ADMIN_SCOPE and key is None, key=key)
+                    admin=claims.get("scope") == ADMIN_SCOPE and key is None, key=key,
+                    collections=tuple(collections) if collections is not None else None)
 
 
 def bearer_token(header_value: str | None) -> str:

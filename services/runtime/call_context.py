@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from services.runtime.auth import Identity
 from services.runtime.errors import PermissionDenied, Unauthenticated
+from services.runtime.names import personal_collection_id
 
 identity_var: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("docent_identity", default=None)
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("docent_request_id", default="")
@@ -57,6 +58,20 @@ def require_write() -> Identity:
         raise PermissionDenied("this API key is read-only: create a key with write access to upload, replace "
                                "or delete", reason="API_KEY_READ_ONLY")
     return identity
+
+
+def searchable_collections() -> tuple[str, ...]:
+    """The collections whose documents the caller may search or index: what the token names (minted by a
+    service that resolved them with the ingest service), else the caller's personal collection, within an
+    API key's scope."""
+    identity = current_identity()
+    if identity.collections is not None:
+        found = identity.collections
+    else:
+        found = (personal_collection_id(identity.user_id),)
+    if identity.key is not None and identity.key.collections is not None:
+        found = tuple(value for value in found if value in identity.key.collections)
+    return found
 
 
 def current_user_id() -> str:

@@ -7,6 +7,8 @@ declare the actors (see services.runtime.queue).
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from typing import Literal
 
 from docent.v1 import chat_pb2, ingest_pb2, retrieval_pb2
@@ -16,7 +18,7 @@ GrpcRole = Literal["ingest", "retrieval", "chat"]
 INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 RETRIEVAL_SERVICE = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
-# the gRPC service each role serves, in the order they start (chat and ingest call retrieval)
+# the gRPC service each role serves, in the order they start (chat and ingest call retrieval, chat calls ingest)
 GRPC_SERVICES: dict[GrpcRole, str] = {
     "retrieval": RETRIEVAL_SERVICE,
     "ingest": INGEST_SERVICE,
@@ -35,3 +37,9 @@ MAX_QUERY_CHARS = 4000
 
 # the largest gRPC message either side accepts (an upload streams in smaller pieces)
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def personal_collection_id(user_id: str) -> str:
+    """The id of a user's personal collection, derived from the user id so that any service can name it
+    without asking the ingest service, which owns collections (its migration 0006 computes the same)."""
+    return str(uuid.UUID(hashlib.md5(f"docent-personal:{user_id}".encode()).hexdigest()))

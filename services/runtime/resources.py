@@ -41,7 +41,7 @@ class WorkerResources:
         self._embedder: Embedder | None = None
         # a broker client to read queue depths (the actors' own broker is Dramatiq's global one)
         self._broker: RedisBroker | None = None
-        self._tokens: dict[str, tuple[str, float]] = {}
+        self._tokens: dict[tuple[str, tuple[str, ...] | None], tuple[str, float]] = {}
 
     @classmethod
     async def open(cls, settings: Settings) -> WorkerResources:
@@ -80,11 +80,17 @@ class WorkerResources:
             self._embedder = await asyncio.to_thread(create_embedder, self.settings)
         return self._embedder
 
-    def call_options_for(self, user_id: str, timeout: float | None = None) -> dict[str, object]:
-        token, expires = self._tokens.get(user_id, ("", 0.0))
+    def call_options_for(self, user_id: str, timeout: float | None = None, *,
+                         collections: tuple[str, ...] | None = None) -> dict[str, object]:
+        """A call on behalf of the owner of a document or turn; `collections` names the collections the
+        call may write chunks into (the document's)."""
+        cache_key = (user_id, collections)
+        token, expires = self._tokens.get(cache_key, ("", 0.0))
         if time.time() > expires - TOKEN_TTL_SECONDS / 2:
-            token = mint_token(self.secret, user_id, TOKEN_TTL_SECONDS)
-            self._tokens[user_id] = (token, time.time() + TOKEN_TTL_SECONDS)
+            token = mint_token(self.secret, user_id, TOKEN_TTL_SECONDS, collections=collections)
+            if len(self._tokens) > 10_000:
+                self._tokens.clear()
+            self._tokens[cache_key] = (token, time.time() + TOKEN_TTL_SECONDS)
         return call_options(token, timeout or self.settings.grpc_deadline_seconds)
 
     async def close(self) -> None:

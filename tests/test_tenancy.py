@@ -578,15 +578,21 @@ async def check_search(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> 
         r.chat_turn.conversation_id != w.a.conversation_id for r in outcome.data.results if r.HasField("chat_turn"))
 
 
-async def grpc_upsert_chunks(w: World, c: Credentials, ids: Ids) -> Outcome:
-    chunks = [retrieval_pb2.Chunk(chunk_index=index, text=f"Injected over chunk {index} by somebody else.",
-                                  page_start=1, page_end=1, embedding=w.embedding, token_count=8)
-              for index in range(max(w.a.chunk_count, 1))]
-    request = retrieval_pb2.UpsertChunksRequest(document_id=ids.document_id, filename="injected.txt", chunks=chunks,
-                                                embedding_model=w.embedding_model)
-    if "version" in request.DESCRIPTOR.fields_by_name:  # versioned documents: over A's active version
-        request.version = 1
-    return await rpc(w.retrieval.UpsertChunks, request, c)
+def grpc_upsert_chunks(field_name: str) -> Perform:
+    async def perform(w: World, c: Credentials, ids: Ids) -> Outcome:
+        chunks = [retrieval_pb2.Chunk(chunk_index=index, text=f"Injected over chunk {index} by somebody else.",
+                                      page_start=1, page_end=1, embedding=w.embedding, token_count=8)
+                  for index in range(max(w.a.chunk_count, 1))]
+        request = retrieval_pb2.UpsertChunksRequest(filename="injected.txt", chunks=chunks,
+                                                    embedding_model=w.embedding_model)
+        if field_name == "collection_id":  # chunks of a new document, into A's collection
+            request.document_id, request.collection_id = str(uuid.uuid4()), ids.personal_collection_id
+        else:
+            request.document_id = ids.document_id
+        if "version" in request.DESCRIPTOR.fields_by_name:  # versioned documents: over A's active version
+            request.version = 1
+        return await rpc(w.retrieval.UpsertChunks, request, c)
+    return perform
 
 
 def grpc_upsert_chat_turn(field_name: str) -> Perform:
@@ -727,6 +733,8 @@ CASES: tuple[Case, ...] = (
     _rest_case("POST", "/api/chat/stream", "conversation_id", rest_chat_stream("conversation_id"), DENY, writes=True),
     _rest_case("POST", "/api/chat/stream", "document_ids", rest_chat_stream("document_ids"), OWN, writes=True,
                check=check_chat_stream),
+    _rest_case("POST", "/api/chat/stream", "collection_ids", rest_chat_stream("collection_ids"), OWN, writes=True,
+               check=check_chat_stream),
     _rest_case("POST", "/api/chat/stream", "access_token", rest_chat_stream(None, query_token=True), DENY, writes=True),
     _rest_case("GET", "/api/chat/conversations", "page_token", rest_list_conversations, OWN,
                check=check_conversations_are_callers),
@@ -792,6 +800,8 @@ CASES: tuple[Case, ...] = (
               writes=True),
     _rpc_case("ChatService", "StreamChat", "document_ids", grpc_chat("document_ids", stream=True), OWN, writes=True,
               check=check_chat_turn),
+    _rpc_case("ChatService", "StreamChat", "collection_ids", grpc_chat("collection_ids", stream=True), OWN,
+              writes=True, check=check_chat_turn),
     _rpc_case("ChatService", "ListConversations", "page_token", grpc_list_conversations, OWN,
               check=check_listed_conversations),
     _rpc_case("ChatService", "GetConversation", "conversation_id", lambda w, c, i: rpc(
@@ -808,7 +818,9 @@ CASES: tuple[Case, ...] = (
               check=check_search),
     _rpc_case("RetrievalService", "Search", "exclude_conversation_id", grpc_search("exclude_conversation_id"), OWN,
               check=check_search),
-    _rpc_case("RetrievalService", "UpsertChunks", "document_id", grpc_upsert_chunks, OWN, writes=True),
+    _rpc_case("RetrievalService", "UpsertChunks", "document_id", grpc_upsert_chunks("document_id"), OWN, writes=True),
+    _rpc_case("RetrievalService", "UpsertChunks", "collection_id", grpc_upsert_chunks("collection_id"), DENY,
+              writes=True),
     _rpc_case("RetrievalService", "DeleteDocumentChunks", "document_id", lambda w, c, i: rpc(
         w.retrieval.DeleteDocumentChunks, retrieval_pb2.DeleteDocumentChunksRequest(document_id=i.document_id), c),
         OWN, writes=True),
@@ -984,38 +996,44 @@ async def world(up) -> AsyncIterator[World]:
 
 
 async def snapshot(world: World) -> dict[str, Any]:
-    """A's data as A sees it: the document, the conversation, and A's vectors (document chunks, chat memory)."""
+    """A's data as A sees it: the document, the conversation, A's vectors (document chunks, chat memory), and
+    A's API keys and collections where the build has them."""
     a, creds = world.a, Credentials(world.a.user_id, world.a.token)
-    document = (await world.http.get(f"/api/upload/{a.document_id}", headers=bearer(a.token)))
-    conversation = await world.http.get(f"/api/chat/conversations/{a.conversation_id}", headers=bearer(a.token))
-    chunks = await world.retrieval.Search(retrieval_pb2.SearchRequest(
-        query=A_QUESTION, top_k=100, mode=retrieval_pb2.SEARCH_MODE_DENSE, document_ids=[a.document_id],
-        weights=retrieval_pb2.SourceWeights(documents=1.0, chat_history=0.0), min_score_documents=-1.0),
-        metadata=creds.metadata(), timeout=GRPC_TIMEOUT)
-    memory = await world.retrieval.Search(retrieval_pb2.SearchRequest(
-        query=A_QUESTION, top_k=100, mode=retrieval_pb2.SEARCH_MODE_DENSE, conversation_id=a.conversation_id,
-        weights=retrieval_pb2.SourceWeights(documents=0.0, chat_history=1.0), min_score_chat_history=-1.0),
-        metadata=creds.metadata(), timeout=GRPC_TIMEOUT)
-    body = document.json()
-    keys = None
-    if a.key_id:
-        reply = await world.http.get("/api/keys/", headers=bearer(a.token))
-        keys = (reply.status_code, sorted(key["id"] for key in reply.json().get("keys", [])))
-    collections = None
-    if a.collection_id:
-        listed = await world.http.get("/api/collections/", headers=bearer(a.token))
-        members = await world.http.get(f"/api/collections/{a.collection_id}/members", headers=bearer(a.token))
-        collections = (listed.status_code, sorted(json.dumps(item, sort_keys=True)
-                                                  for item in listed.json().get("collections", [])),
-                       members.status_code, sorted(json.dumps(item, sort_keys=True)
-                                                   for item in members.json().get("members", [])))
+
+    async def get(path: str) -> tuple[int, Any]:
+        reply = await world.http.get(path, headers=bearer(a.token))
+        return reply.status_code, reply.json()
+
+    async def search(**fields: Any) -> Any:
+        return await world.retrieval.Search(retrieval_pb2.SearchRequest(
+            query=A_QUESTION, top_k=100, mode=retrieval_pb2.SEARCH_MODE_DENSE, **fields),
+            metadata=creds.metadata(), timeout=GRPC_TIMEOUT)
+
+    async def nothing() -> None:
+        return None
+
+    (document, body), (conversation, turns), chunks, memory, keys, listed, members = await asyncio.gather(
+        get(f"/api/upload/{a.document_id}"), get(f"/api/chat/conversations/{a.conversation_id}"),
+        search(document_ids=[a.document_id], weights=retrieval_pb2.SourceWeights(documents=1.0, chat_history=0.0),
+               min_score_documents=-1.0),
+        search(conversation_id=a.conversation_id, min_score_chat_history=-1.0,
+               weights=retrieval_pb2.SourceWeights(documents=0.0, chat_history=1.0)),
+        get("/api/keys/") if a.key_id else nothing(),
+        get("/api/collections/") if a.collection_id else nothing(),
+        get(f"/api/collections/{a.collection_id}/members") if a.collection_id else nothing())
+
+    def items(reply: tuple[int, Any] | None, name: str) -> tuple[int, list[str]] | None:
+        if reply is None:
+            return None
+        return reply[0], sorted(json.dumps(item, sort_keys=True) for item in reply[1].get(name, []))
+
     return {
-        "keys": keys,
-        "collections": collections,
-        "document": (document.status_code, body.get("processing_status"), body.get("filename"), body.get("version"),
+        "keys": items(keys, "keys"),
+        "collections": items(listed, "collections"),
+        "members": items(members, "members"),
+        "document": (document, body.get("processing_status"), body.get("filename"), body.get("version"),
                      body.get("pending_version")),
-        "conversation": (conversation.status_code,
-                         [turn["turn_id"] for turn in conversation.json().get("turns") or []]),
+        "conversation": (conversation, [turn["turn_id"] for turn in turns.get("turns") or []]),
         "chunks": sorted((r.document.document_id, r.document.chunk_index, r.document.filename, r.text)
                          for r in chunks.results),
         "memory": sorted((r.chat_turn.conversation_id, r.chat_turn.turn_id, r.chat_turn.user_message,

@@ -28,6 +28,7 @@ import structlog
 from docent.v1 import retrieval_pb2
 from services.chat import conversations, memory_vectors
 from services.chat.text import strip_markers
+from services.runtime import tracing
 from services.runtime.pagination import timestamp
 from services.runtime.queue import MEMORY_QUEUE, waiting_messages
 from services.runtime.resources import WorkerResources
@@ -66,7 +67,8 @@ async def index_turn(resources: WorkerResources, turn_id: str, question_vector: 
             return QUESTION_INDEXED
     embedder = await resources.embedder()
     text = memory_text(row["query"], answer)
-    vector = (await asyncio.to_thread(embedder.embed, [text]))[0]
+    with tracing.span("memory.embed", {"docent.embedding_model": embedder.model_name}):
+        vector = (await asyncio.to_thread(embedder.embed, [text]))[0]
     if not await _write(resources, row, answer, vector, embedder.model_name, refined=True):
         return GONE
     log.info("memory_indexed", turn_id=turn_id, vector="full")

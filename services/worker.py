@@ -32,16 +32,25 @@ die_with_parent(signal.SIGKILL)
 
 settings = load_settings()
 configure_logging(settings.log_level, settings.log_format, service="worker")
-tracing.configure_tracing("worker")  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
 if not settings.redis_url or not settings.database_url:
     raise SystemExit(
         "docent: the worker needs DOCENT_REDIS_URL and DOCENT_DATABASE_URL (start it with `docent worker`)"
     )
 
+
+class TracingAtBoot(dramatiq.Middleware):
+    """Tracing (on when OTEL_EXPORTER_OTLP_ENDPOINT is set) in each worker process as it boots: not at import,
+    which the sweeper forked beside the workers shares (it sets up its own, as `docent-sweeper`)."""
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        tracing.configure_tracing("worker")
+
+
 broker = create_broker(
     settings.redis_url,
     # JobContext: the request id and trace context of the enqueuer, job metrics
-    middleware=[middleware() for middleware in default_middleware] + [AsyncIO(), CurrentMessage(), JobContext()],
+    middleware=[middleware() for middleware in default_middleware] + [AsyncIO(), CurrentMessage(), JobContext(),
+                                                                      TracingAtBoot()],
 )
 dramatiq.set_broker(broker)
 

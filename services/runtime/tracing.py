@@ -75,7 +75,7 @@ def configure_tracing(role: str, *, exporter: Any = None) -> bool:
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):  # the global one can be set once
         trace.set_tracer_provider(provider)
     _provider = provider
-    log.info("tracing_enabled", service=resource.attributes.get(SERVICE_NAME), endpoint=endpoint or None)
+    log.info("tracing_enabled", service_name=resource.attributes.get(SERVICE_NAME), endpoint=endpoint or None)
     return True
 
 

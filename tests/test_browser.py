@@ -1,7 +1,8 @@
 """The web UI in a real headless Chromium (Debian's /usr/bin/chromium via Python Playwright) against a
 real `docent up`: sign up, drop a PDF, watch it reach completed, ask, read a streamed answer whose
 source points at the right page, follow up in the same conversation, then use the sidebar; then API keys
-(created, shown once, used from outside the browser, revoked), quota usage and the over-quota messages."""
+(created, shown once, used from outside the browser, revoked), quota usage and the over-quota messages;
+then two users in two browser contexts sharing a collection (switcher, share dialog, scoped chat, viewer)."""
 
 from __future__ import annotations
 
@@ -291,6 +292,139 @@ async def test_api_keys_usage_and_limits(stack) -> None:
 
             # the browser logs each refused request (the 429s above); nothing else may fail
             unexpected = [e for e in console_errors if "status of 429" not in e]
+            assert not unexpected, unexpected
+        finally:
+            await browser.close()
+
+
+HANDBOOK = ("lighthouse-handbook.md", b"# Lighthouse keeping\n\n"
+            b"The lamp of the Fresnel lighthouse is lit every evening at 18:40 by the duty keeper.\n\n"
+            b"The fog horn is tested on the first Monday of each month.\n", "text/markdown")
+
+
+async def test_two_users_share_a_collection(stack) -> None:
+    """Alice creates a collection in the switcher, uploads into it and shares it with Bob as a viewer from the
+    share dialog (an unknown email and deleting a non-empty collection are refused in words); Bob, in his own
+    browser context, sees it with his role and her document (no delete), asks a question scoped to it and gets
+    her document cited, cannot upload into it; Alice removes him, and after a reload it is gone for Bob."""
+    from playwright.async_api import async_playwright, expect
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        console_errors: list[str] = []
+        pages = []
+        for _ in range(2):
+            context = await browser.new_context(viewport={"width": 1440, "height": 900})
+            page = await context.new_page()
+            page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+            page.on("pageerror", lambda error: console_errors.append(str(error)))
+            pages.append(page)
+        alice, bob = pages
+        try:
+            await sign_up(alice, stack, "alice@example.com", "Alice Liddell")
+            await sign_up(bob, stack, "bob@example.com", "Bob Cratchit")
+
+            # alice: All collections and her personal one, which has no share button
+            rows = alice.get_by_test_id("collection")
+            await expect(rows).to_have_count(2)
+            await expect(rows.first).to_have_attribute("data-name", "All collections")
+            await expect(rows.first).to_have_attribute("aria-checked", "true")
+            personal = rows.nth(1)
+            await expect(personal).to_have_attribute("data-name", "Personal")
+            await expect(personal.get_by_test_id("collection-role")).to_have_text("Only you")
+            await expect(personal.get_by_test_id("collection-manage")).to_have_count(0)
+            await expect(alice.get_by_test_id("chat-scope-name")).to_have_text("All collections")
+            await expect(alice.get_by_test_id("upload-target")).to_have_text("Adds to Personal")
+
+            # a new collection is chosen at once: uploads go there, chat searches it
+            await alice.get_by_test_id("collection-new").click()
+            await alice.get_by_test_id("collection-name-input").fill("Lighthouse")
+            await alice.get_by_test_id("collection-name-input").press("Enter")
+            mine = alice.locator('[data-testid="collection"][data-name="Lighthouse"]')
+            await expect(mine).to_have_attribute("aria-checked", "true")
+            await expect(mine.get_by_test_id("collection-role")).to_have_text("Owner")
+            await expect(alice.get_by_test_id("chat-scope-name")).to_have_text("Lighthouse")
+            await expect(alice.get_by_test_id("upload-target")).to_have_text("Adds to Lighthouse")
+            collection_id = await mine.get_attribute("data-id")
+            await drop_files(alice, "#dropzone", [HANDBOOK])
+            doc = alice.locator(f'[data-testid="doc-row"][data-filename="{HANDBOOK[0]}"]')
+            await expect(doc).to_have_attribute("data-status", "completed", timeout=60_000)
+            await expect(mine).to_contain_text("1 document")
+
+            # the share dialog: refusals said in words, then bob as a viewer
+            await mine.get_by_test_id("collection-manage").click()
+            dialog, error = alice.get_by_test_id("share-dialog"), alice.get_by_test_id("share-error")
+            await expect(dialog).to_be_visible()
+            await expect(alice.get_by_test_id("share-title")).to_have_text("Lighthouse")
+            members = alice.get_by_test_id("member")
+            await expect(members).to_have_count(1)
+            alice.once("dialog", lambda confirm: confirm.accept())
+            await alice.get_by_test_id("collection-delete").click()
+            await expect(error).to_contain_text("still holds 1 document: delete them first")
+            await alice.get_by_test_id("share-email").fill("nobody@example.com")
+            await alice.get_by_test_id("share-submit").click()
+            await expect(error).to_have_text("No Docent account uses this email. Ask them to sign up, then share again.")
+            await alice.get_by_test_id("share-email").fill("bob@example.com")
+            await alice.get_by_test_id("share-role").select_option("viewer")
+            await alice.get_by_test_id("share-submit").click()
+            bob_member = alice.locator('[data-testid="member"][data-email="bob@example.com"]')
+            await expect(bob_member.get_by_test_id("member-role")).to_have_value("viewer")
+            await expect(alice.get_by_test_id("member-count")).to_have_text("2")
+            await expect(error).to_be_hidden()
+            await alice.screenshot(path=str(SCREENSHOT.with_name("docent-ui-share.png")))
+            await alice.keyboard.press("Escape")
+            await expect(dialog).to_be_hidden()
+            await expect(mine).to_contain_text("2 members")
+
+            # bob (after a reload): the collection with his role, alice's document marked with it, no delete
+            await bob.reload()
+            shared = bob.locator('[data-testid="collection"][data-name="Lighthouse"]')
+            await expect(shared.get_by_test_id("collection-role")).to_have_text("Viewer")
+            bob_doc = bob.locator(f'[data-testid="doc-row"][data-filename="{HANDBOOK[0]}"]')
+            await expect(bob_doc.get_by_test_id("doc-collection")).to_have_text("Lighthouse")
+            await expect(bob_doc.get_by_test_id("doc-delete")).to_have_count(0)
+            await expect(bob_doc.get_by_test_id("doc-readonly")).to_have_count(1)
+
+            # chosen: remembered by the tab; a viewer cannot upload; a question searches only it
+            await shared.click()
+            await bob.reload()
+            await expect(shared).to_have_attribute("aria-checked", "true")
+            await expect(bob_doc.get_by_test_id("doc-collection")).to_have_count(0)
+            await expect(bob.get_by_test_id("chat-scope-name")).to_have_text("Lighthouse")
+            await expect(bob.get_by_test_id("dropzone")).to_have_attribute("aria-disabled", "true")
+            await expect(bob.get_by_test_id("file-input")).to_be_disabled()
+            await expect(bob.get_by_test_id("upload-target")).to_contain_text("You are a viewer of “Lighthouse”")
+            async with bob.expect_request("**/api/chat/stream") as asked:
+                answer = await ask(bob, "When is the lamp of the lighthouse lit?", 0)
+            assert (await asked.value).post_data_json["collection_ids"] == [collection_id]
+            await expect(answer.locator(".answer-text")).to_contain_text("18:40")
+            chips = answer.get_by_test_id("source-chip")
+            await expect(chips.first).to_be_visible()
+            assert set(await chips.locator(".name").all_text_contents()) == {HANDBOOK[0]}
+            await bob.screenshot(path=str(SCREENSHOT.with_name("docent-ui-viewer.png")))
+
+            # bob sees the members, but shares nothing
+            await shared.get_by_test_id("collection-manage").click()
+            await expect(bob.get_by_test_id("member")).to_have_count(2)
+            await expect(bob.get_by_test_id("share-email")).to_be_hidden()
+            await expect(bob.get_by_test_id("collection-delete")).to_be_hidden()
+            await expect(bob.get_by_test_id("collection-leave")).to_be_visible()
+            await bob.keyboard.press("Escape")
+
+            # alice removes bob; after a reload bob's list has no trace of it and shows everything again
+            await mine.get_by_test_id("collection-manage").click()
+            alice.once("dialog", lambda confirm: confirm.accept())
+            await bob_member.get_by_test_id("member-remove").click()
+            await expect(members).to_have_count(1)
+            await alice.keyboard.press("Escape")
+            await bob.reload()
+            await expect(bob.get_by_test_id("collection")).to_have_count(2)
+            await expect(shared).to_have_count(0)
+            await expect(bob.get_by_test_id("chat-scope-name")).to_have_text("All collections")
+            await expect(bob_doc).to_have_count(0)
+            await expect(bob.get_by_test_id("file-input")).to_be_enabled()
+            # the browser logs each refused request (the 409 and the 404 above); nothing else may fail
+            unexpected = [e for e in console_errors if "status of 409" not in e and "status of 404" not in e]
             assert not unexpected, unexpected
         finally:
             await browser.close()

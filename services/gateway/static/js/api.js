@@ -38,8 +38,19 @@ const LIMITS = {
   STORAGE_QUOTA_EXCEEDED: 'This file does not fit in your storage quota: delete documents to make room.',
 };
 
+// collections' refusals, said for people (the server's detail is for developers)
+export const REASONS = {
+  USER_NOT_FOUND: 'No Docent account uses this email. Ask them to sign up, then share again.',
+  PERSONAL_COLLECTION: 'Your personal collection is yours alone: it cannot be shared, renamed or deleted.',
+  LAST_OWNER: 'A collection needs an owner: make someone else an owner first.',
+  COLLECTION_NOT_EMPTY: 'Only an empty collection can be deleted: delete its documents first.',
+  COLLECTION_ROLE_REQUIRED: 'Your role in this collection does not allow this: ask an owner for editor access.',
+  COLLECTION_NOT_FOUND: 'This collection no longer exists or is no longer shared with you.',
+  MEMBER_NOT_FOUND: 'This person is no longer a member of the collection.',
+};
+
 function readable(status, detail, reason, retryAfter) {
-  if (status !== 429) return detail;
+  if (status !== 429) return REASONS[reason] || detail;
   if (!retryAfter) return LIMITS[reason] || detail;
   let base = LIMITS[reason] || detail.replace(/[;,]?\s*try again in \d+\s*s\.?$/i, '').replace(/^./, (c) => c.toUpperCase());
   if (!/[.!?:]$/.test(base)) base += '.';
@@ -87,11 +98,12 @@ export async function request(path, { method = 'GET', json, headers = {}, signal
   return response.json();
 }
 
-/** POST a file as multipart `file`; onProgress(fraction) while the bytes go up. Resolves the document. */
-export function uploadFile(file, onProgress) {
+/** POST a file as multipart `file` (into collectionId, else the personal collection); onProgress(fraction)
+ *  while the bytes go up. Resolves the document. */
+export function uploadFile(file, onProgress, collectionId = '') {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
-    xhr.open('POST', '/api/upload/');
+    xhr.open('POST', collectionId ? `/api/upload/?collection_id=${encodeURIComponent(collectionId)}` : '/api/upload/');
     xhr.setRequestHeader('Authorization', `Bearer ${getToken()}`);
     xhr.responseType = 'json';
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };

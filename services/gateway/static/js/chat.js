@@ -10,7 +10,9 @@ const SUGGESTIONS = [
 ];
 
 export class ChatView {
-  constructor({ hasDocuments = () => false } = {}) {
+  /** scope(): the collection ids a question searches (null: all of the user's collections). */
+  constructor({ hasDocuments = () => false, scope = () => null } = {}) {
+    this.scope = scope;
     this.messages = $('#messages');
     this.list = $('#conversation-list');
     this.title = $('#chat-title');
@@ -238,6 +240,8 @@ export class ChatView {
     try {
       const body = { query };
       if (this.conversationId) body.conversation_id = this.conversationId;
+      const collectionIds = this.scope();
+      if (collectionIds) body.collection_ids = collectionIds;
       const events = await openEvents('/api/chat/stream', { json: body });
       for await (const { event, data } of events) {
         if (event === 'conversation' && data.conversation_id !== this.conversationId) {

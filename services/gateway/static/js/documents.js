@@ -1,4 +1,5 @@
-// The documents panel: drag-and-drop upload with per-file progress (upload bytes, then SSE), list, delete.
+// The documents panel: drag-and-drop upload with per-file progress (upload bytes, then SSE), list, delete;
+// scoped by the collection chosen in js/collections.js (listed, uploaded into; read-only for a viewer).
 import { openEvents, request, uploadFile } from './api.js';
 import { $, el, formatBytes, toast } from './dom.js';
 import { icons } from './icons.js';
@@ -35,8 +36,11 @@ function compactProgress(status, progress) {
 }
 
 export class DocumentsPanel {
-  /** onChange: the list changed; onStored: what is stored changed (an upload was answered, a delete done). */
-  constructor({ onChange = () => {}, onStored = () => {} } = {}) {
+  /** collections: the switcher (js/collections.js); onChange: the list changed; onStored: what is stored
+   *  changed (an upload was answered, a delete done). */
+  constructor({ collections, onChange = () => {}, onStored = () => {} } = {}) {
+    this.collections = collections;
+    this.generation = 0;
     this.list = $('#doc-list');
     this.count = $('#doc-count');
     this.rows = new Map(); // key (document id or a temporary upload key) -> {doc, node, watcher}
@@ -54,7 +58,10 @@ export class DocumentsPanel {
     $('.dropzone-icon', zone).innerHTML = icons.upload;
     input.addEventListener('change', () => { this.uploadAll([...input.files]); input.value = ''; });
     for (const type of ['dragenter', 'dragover']) {
-      zone.addEventListener(type, (e) => { e.preventDefault(); zone.classList.add('dragging'); });
+      zone.addEventListener(type, (e) => {
+        e.preventDefault();
+        if (this.collections.canUpload()) zone.classList.add('dragging');
+      });
     }
     for (const type of ['dragleave', 'dragend']) zone.addEventListener(type, () => zone.classList.remove('dragging'));
     zone.addEventListener('drop', (e) => {
@@ -83,11 +90,33 @@ export class DocumentsPanel {
     }
   }
 
+  /** The dropzone follows the chosen collection: where uploads go, or why they cannot (a viewer). */
+  applyScope() {
+    const zone = $('#dropzone');
+    const target = $('#upload-target');
+    const allowed = this.collections.canUpload();
+    const into = this.collections.uploadTarget;
+    zone.classList.toggle('disabled', !allowed);
+    zone.setAttribute('aria-disabled', String(!allowed));
+    $('#file-input').disabled = !allowed;
+    $('.dropzone-title', zone).innerHTML = allowed ? 'Drop files here or <u>browse</u>' : 'View only';
+    target.textContent = !allowed
+      ? `You are a viewer of “${into.name}”: ask an owner for editor access to add documents.`
+      : into ? `Adds to ${this.collections.label(into)}` : '';
+    target.title = !allowed ? '' : 'Choose another collection above to upload there';
+    for (const [key, row] of this.rows) this.render(row, key);
+  }
+
   async load() {
+    const generation = ++this.generation;
+    const scope = this.collections.current;
+    const documents = await request(scope ? `/api/upload/?collection_id=${encodeURIComponent(scope)}` : '/api/upload/');
+    if (generation !== this.generation) return; // another collection was chosen meanwhile
     this.stopAll();
-    this.rows.clear();
-    this.list.replaceChildren();
-    const documents = await request('/api/upload/');
+    // uploads still on their way (or refused) into what is shown stay
+    const keep = [...this.rows].filter(([key, row]) => !row.doc.id && this.inScope(row.doc));
+    this.rows = new Map(keep);
+    this.list.replaceChildren(...keep.map(([, row]) => row.node));
     for (const doc of documents) {
       this.upsert(doc.id, doc);
       if (!TERMINAL.has(doc.processing_status)) this.watch(doc.id);
@@ -97,6 +126,20 @@ export class DocumentsPanel {
 
   stopAll() {
     for (const row of this.rows.values()) row.watcher?.abort();
+  }
+
+  /** Sign-out: nothing of the last user stays on the page. */
+  clear() {
+    this.generation += 1;
+    this.stopAll();
+    this.rows.clear();
+    this.list.replaceChildren();
+    this.count.textContent = '';
+  }
+
+  inScope(doc) {
+    const scope = this.collections.current;
+    return !scope || (doc.collection_id || this.collections.personal?.id) === scope;
   }
 
   completedCount() {
@@ -115,21 +158,29 @@ export class DocumentsPanel {
   }
 
   uploadAll(files) {
+    if (!files.length) return;
+    if (!this.collections.canUpload()) {
+      toast(`You can only read “${this.collections.selected.name}”: ask an owner for editor access to add documents.`, 'error');
+      return;
+    }
+    const target = this.collections.current; // '' = the personal collection
+    const into = this.collections.uploadTarget;
     for (const file of files) {
       const key = `upload-${crypto.randomUUID()}`;
       this.upsert(key, {
-        filename: file.name, file_size: file.size, processing_status: 'uploading',
+        filename: file.name, file_size: file.size, processing_status: 'uploading', collection_id: into?.id,
         progress: { percent: 0, message: 'Waiting to upload…' },
       }, true);
-      this.uploadSlot(() => this.uploadOne(file, key));
+      this.uploadSlot(() => this.uploadOne(file, key, target));
     }
     this.refreshCount();
   }
 
-  async uploadOne(file, key) {
+  async uploadOne(file, key, target) {
     if (!this.rows.has(key)) return; // dismissed while waiting
+    const into = this.rows.get(key).doc.collection_id;
     try {
-      const doc = await uploadFile(file, (fraction) => this.setUploadProgress(key, fraction));
+      const doc = await uploadFile(file, (fraction) => this.setUploadProgress(key, fraction), target);
       const row = this.rows.get(key);
       if (this.rows.has(doc.id) || !row) {
         this.remove(key);
@@ -143,8 +194,10 @@ export class DocumentsPanel {
         if (!TERMINAL.has(doc.processing_status)) this.watch(doc.id);
       }
     } catch (failure) {
-      this.upsert(key, { filename: file.name, file_size: file.size, processing_status: 'failed',
-                         processing_error: failure.message, progress: { percent: 0 } });
+      if (this.rows.has(key)) {
+        this.upsert(key, { filename: file.name, file_size: file.size, processing_status: 'failed', collection_id: into,
+                           processing_error: failure.message, progress: { percent: 0 } });
+      }
       toast(`${file.name}: ${failure.message}`, 'error');
     }
     this.refreshCount();
@@ -224,22 +277,26 @@ export class DocumentsPanel {
     const extension = (doc.filename.split('.').pop() || '').toLowerCase().slice(0, 4);
     const progress = doc.progress || {};
     let detail = formatBytes(doc.file_size);
-    if (status === 'completed') detail += doc.page_count ? ` · ${doc.page_count} pages` : '';
+    if (status === 'completed') detail += doc.page_count ? ` · ${doc.page_count} page${doc.page_count === 1 ? '' : 's'}` : '';
     else if (status !== 'failed') detail = compactProgress(status, progress) || detail;
     row.node.dataset.status = status;
     row.node.dataset.testid = 'doc-row';
     row.node.setAttribute('data-testid', 'doc-row');
     row.node.dataset.filename = doc.filename;
     if (doc.id) row.node.dataset.id = doc.id;
+    let sub;
     const children = [
       el('div', { class: `doc-icon ${extension}`, text: extension.toUpperCase() || 'FILE' }),
       el('div', { class: 'doc-name', title: doc.filename, text: doc.filename }),
-      doc.id ? el('button', {
+      doc.id && this.collections.roleOf(doc.collection_id) === 'viewer' ? el('span', {
+        class: 'doc-lock', title: 'View only: you are a viewer of its collection', 'aria-label': 'View only',
+        'data-testid': 'doc-readonly', html: icons.lock,
+      }) : doc.id ? el('button', {
         type: 'button', class: 'icon-btn', title: 'Delete', 'aria-label': `Delete ${doc.filename}`,
         'data-testid': 'doc-delete', html: icons.trash, onclick: () => this.delete(doc.id),
       }) : el('button', { type: 'button', class: 'icon-btn', 'aria-label': 'Dismiss', html: icons.x,
                           onclick: () => { this.remove(key); this.refreshCount(); } }),
-      el('div', { class: 'doc-sub' },
+      sub = el('div', { class: 'doc-sub' },
         el('span', { class: `pill pill-${status}`, 'data-testid': 'doc-status', text: LABELS[status] || status }),
         el('span', { class: 'detail', title: progress.message || detail, text: detail })),
     ];
@@ -254,6 +311,12 @@ export class DocumentsPanel {
         class: 'doc-error', 'data-testid': 'doc-error', text: doc.processing_error,
         title: doc.error_reason ? `reason: ${doc.error_reason}` : '',
       }));
+    }
+    // which collection: when all are shown, for documents outside the personal one
+    const collection = !this.collections.current && doc.collection_id ? this.collections.byId(doc.collection_id) : null;
+    if (collection && !collection.personal) {
+      sub.append(el('span', { class: 'doc-collection', 'data-testid': 'doc-collection', title: `In the collection “${collection.name}”` },
+        el('span', { html: collection.member_count > 1 ? icons.users : icons.folder }), collection.name));
     }
     row.node.replaceChildren(...children);
   }

@@ -116,7 +116,8 @@ def _is_uuid(value: str) -> bool:
 @router.get("/", response_model=CollectionList, operation_id="listCollections", responses=error_responses(_COMMON))
 async def list_collections(caller: CallerDep, state: StateDep) -> CollectionList:
     """The caller's collections (the personal one first, then by name), with the caller's role in each."""
-    reply = await state.ingest.ListCollections(ingest_pb2.ListCollectionsRequest(), **state.options(caller))
+    reply = await state.ingest.ListCollections(
+        ingest_pb2.ListCollectionsRequest(view=ingest_pb2.COLLECTION_VIEW_FULL), **state.options(caller))
     return CollectionList(collections=[CollectionOut.from_proto(item) for item in reply.collections])
 
 

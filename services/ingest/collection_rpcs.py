@@ -25,9 +25,12 @@ def _timestamp(value) -> timestamp_pb2.Timestamp:
 
 
 def collection_to_pb(row: asyncpg.Record) -> ingest_pb2.Collection:
-    return ingest_pb2.Collection(id=str(row["id"]), name=row["name"], personal=row["personal"],
-                                 role=ROLE_TO_PB[row["role"]], create_time=_timestamp(row["created_at"]),
-                                 member_count=row["member_count"], document_count=row["document_count"])
+    collection = ingest_pb2.Collection(id=str(row["id"]), name=row["name"], personal=row["personal"],
+                                       role=ROLE_TO_PB[row["role"]])
+    if "document_count" in row:  # the FULL view
+        collection.create_time.CopyFrom(_timestamp(row["created_at"]))
+        collection.member_count, collection.document_count = row["member_count"], row["document_count"]
+    return collection
 
 
 def member_to_pb(row: asyncpg.Record) -> ingest_pb2.CollectionMember:
@@ -56,12 +59,17 @@ class CollectionMethods:
     async def ListCollections(self, request: ingest_pb2.ListCollectionsRequest,
                               context: grpc.aio.ServicerContext) -> ingest_pb2.ListCollectionsResponse:
         caller = _caller()
+        full = request.view == ingest_pb2.COLLECTION_VIEW_FULL
+        rows = await collections.listing(self.pool, caller, full=full)
         if request.collection_ids:
-            wanted = {str(ident) for ident in await collections.readable_ids(self.pool, caller,
-                                                                              list(request.collection_ids))}
-            rows = [row for row in await collections.listing(self.pool, caller) if str(row["id"]) in wanted]
-        else:
-            rows = await collections.listing(self.pool, caller)
+            readable = {row["id"] for row in rows}
+            wanted = set()
+            for value in request.collection_ids:
+                ident = collections.parse_id(value)
+                if ident is None or ident not in readable:
+                    raise collections.collection_not_found(value)
+                wanted.add(ident)
+            rows = [row for row in rows if row["id"] in wanted]
         return ingest_pb2.ListCollectionsResponse(collections=[collection_to_pb(row) for row in rows])
 
     async def UpdateCollection(self, request: ingest_pb2.UpdateCollectionRequest,

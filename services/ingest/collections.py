@@ -126,31 +126,30 @@ async def upload_target(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller,
     return await require_role(conn, caller, str(personal_collection_id(caller.user_id)), EDITOR)
 
 
-async def readable_ids(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller,
-                       requested: list[str] | None = None) -> list[uuid.UUID]:
-    """The collections the caller may read; with `requested`, those of them (each must be readable)."""
-    if requested:
-        return [await require_role(conn, caller, value, VIEWER) for value in dict.fromkeys(requested)]
-    rows = await conn.fetch(
-        "SELECT collection_id FROM collection_members WHERE user_id = $1 "
-        "AND ($2::uuid[] IS NULL OR collection_id = ANY($2::uuid[])) ORDER BY collection_id",
-        caller.user_id, caller.scope_list())
-    return [row["collection_id"] for row in rows]
-
-
 _COLUMNS = """c.id, c.name, c.personal, c.created_by, c.created_at, m.role,
               (SELECT count(*) FROM collection_members x WHERE x.collection_id = c.id) AS member_count,
               (SELECT count(*) FROM documents d WHERE d.collection_id = c.id) AS document_count"""
+_BASIC_COLUMNS = "c.id, c.name, c.personal, m.role"
 
 
-async def listing(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller) -> list[asyncpg.Record]:
-    """The caller's collections with their role: the personal one first, then by name."""
-    if caller.allows(personal_collection_id(caller.user_id)):
+async def listing(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller, *,
+                  full: bool = True) -> list[asyncpg.Record]:
+    """The caller's collections with their role: the personal one first, then by name. `full` adds the
+    creation time and the member and document counts. The personal collection is created the first time
+    it is missing (one write per user, ever)."""
+    async def fetch() -> list[asyncpg.Record]:
+        return await conn.fetch(
+            f"""SELECT {_COLUMNS if full else _BASIC_COLUMNS}
+                FROM collections c JOIN collection_members m ON m.collection_id = c.id
+                WHERE m.user_id = $1 AND ($2::uuid[] IS NULL OR c.id = ANY($2::uuid[]))
+                ORDER BY c.personal DESC, lower(c.name), c.id""", caller.user_id, caller.scope_list())
+
+    rows = await fetch()
+    personal = personal_collection_id(caller.user_id)
+    if caller.allows(personal) and not any(row["id"] == personal for row in rows):
         await ensure_personal(conn, caller.user_id)
-    return await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM collections c JOIN collection_members m ON m.collection_id = c.id
-            WHERE m.user_id = $1 AND ($2::uuid[] IS NULL OR c.id = ANY($2::uuid[]))
-            ORDER BY c.personal DESC, lower(c.name), c.id""", caller.user_id, caller.scope_list())
+        rows = await fetch()
+    return rows
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller, collection: str) -> asyncpg.Record:

@@ -35,7 +35,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -73,6 +73,9 @@ A_CHAT_MARKER = "marmaladeq4412"
 ATTACK_QUESTION = A_QUESTION.replace(" " + A_CHAT_MARKER, "")
 # not an id: SQL, a NUL (Postgres refuses it in text), a right-to-left override, an emoji
 A_COLLECTION = "quokka-team-a7"
+SHARED_FILENAME = "shared-handbook-a7.txt"
+SHARED_TEXT = ("The shared handbook of A's team. Zebrafish are counted by the team on Mondays.\n\n"
+               "Every member may read this handbook.\n")
 MALFORMED = "not-a-uuid' OR '1'='1\x00\u202e\U0001f600"
 GRPC_TIMEOUT = 30.0
 SSE_TIMEOUT = 15.0
@@ -96,6 +99,7 @@ class Tenant:
     # holds A's document
     collection_id: str = ""
     personal_collection_id: str = ""
+    shared_document_id: str = ""  # a document of A's in that collection, which A shares with C (a viewer)
 
 
 @dataclass
@@ -107,6 +111,7 @@ class World:
     retrieval: retrieval_pb2_grpc.RetrievalServiceStub
     a: Tenant
     b: Tenant
+    c: Tenant | None  # a viewer of A's collection, where the build has collections
     a_revoked_token: str
     embedding: list[float]
     embedding_model: str
@@ -118,7 +123,18 @@ class World:
                 "A's conversation id": self.a.conversation_id, "A's turn id": self.a.turn_id,
                 **({"A's API key id": self.a.key_id} if self.a.key_id else {}),
                 **({"A's collection id": self.a.collection_id, "A's collection name": A_COLLECTION,
-                    "A's personal collection id": self.a.personal_collection_id} if self.a.collection_id else {})}
+                    "A's personal collection id": self.a.personal_collection_id,
+                    "A's shared document id": self.a.shared_document_id, "A's shared filename": SHARED_FILENAME}
+                   if self.a.collection_id else {})}
+
+    def visible_collections(self, creds: Credentials) -> set[str]:
+        """The collections of A's that the caller may see."""
+        return {self.a.collection_id} if "A's collection id" in creds.sees else set()
+
+
+# what a member of A's shared collection may see of A's: the collection, its document, who shares it
+SHARED_WITH_MEMBERS = frozenset({"A's collection id", "A's collection name", "A's shared document id",
+                                 "A's shared filename", "A's user id", "A's email"})
 
 
 # credentials and ids: what an attacker presents ---------------------------------------------------------------
@@ -131,6 +147,8 @@ class Credentials:
     user_id: str  # whom the server should take the caller for
     token: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    # names of World.secrets the caller may legitimately see (what A shares with it)
+    sees: frozenset[str] = frozenset()
 
     def http_headers(self) -> dict[str, str]:
         headers = dict(self.headers)
@@ -155,12 +173,14 @@ class Ids:
     key_id: str
     collection_id: str           # collection management: A's own collection
     personal_collection_id: str  # document fields and filters: the collection holding A's document
+    shared_document_id: str      # changing a document of a collection: A's document in A's shared collection
     # `?access_token=` of the SSE routes; None: the caller's own credentials
     access_token: str | None = None
 
     def values(self) -> set[str]:
         return {value for value in (self.document_id, self.conversation_id, self.turn_id, self.email, self.key_id,
-                                    self.collection_id, self.personal_collection_id) if value}
+                                    self.collection_id, self.personal_collection_id, self.shared_document_id)
+                if value}
 
 
 def page_token(at: dt.datetime | None, ident: str) -> str:
@@ -173,20 +193,19 @@ def victims_ids(world: World) -> Ids:
     a = world.a
     return Ids(a.document_id, a.conversation_id, a.turn_id, page_token(a.document_created, a.document_id),
                page_token(a.conversation_updated, a.conversation_id), a.email, a.key_id, a.collection_id,
-               a.personal_collection_id)
+               a.personal_collection_id, a.shared_document_id)
 
 
 def guessed_ids(world: World) -> Ids:
     return Ids(str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()),
                page_token(None, str(uuid.uuid4())), page_token(None, str(uuid.uuid4())),
-               f"guess-{uuid.uuid4().hex[:8]}@example.com", str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()),
+               f"guess-{uuid.uuid4().hex[:8]}@example.com", *(str(uuid.uuid4()) for _ in range(4)),
                # a token for A's user id signed with a guessed secret
                access_token=mint_token("guessed-secret-" + "g" * 40, world.a.user_id, 600))
 
 
 def malformed_ids(world: World) -> Ids:
-    return Ids(MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED, MALFORMED,
-               access_token=MALFORMED)
+    return Ids(*[MALFORMED] * 10, access_token=MALFORMED)
 
 
 def attacker_b(world: World) -> Credentials:
@@ -216,6 +235,25 @@ class Attacker:
     # the ids are malformed: 400/422 are fitting answers too
     malformed: bool = False
     expect: Callable[[Case, bool], Expectation | None] | None = None
+    # a Tenant attribute A must have for the kind to apply (a feature this build may not have yet)
+    requires: str = ""
+
+
+def viewer_c(world: World) -> Credentials:
+    assert world.c is not None
+    return Credentials(world.c.user_id, mint_token(TEST_SECRET, world.c.user_id, 3600), sees=SHARED_WITH_MEMBERS)
+
+
+# what any member may read of a collection it belongs to; everything else about A's collection needs more than a
+# viewer's role, and A's personal data stays A's
+MEMBER_READS = {"GET /api/collections/{collection_id}", "GET /api/collections/{collection_id}/members",
+                "/docent.v1.IngestService/GetCollection", "/docent.v1.IngestService/ListCollectionMembers"}
+
+
+def viewer_expect(case: Case, is_rest: bool) -> Expectation | None:
+    if case.target in MEMBER_READS:
+        return ({403, 404} if is_rest else {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}), True
+    return None
 
 
 ATTACKERS: tuple[Attacker, ...] = (
@@ -226,6 +264,9 @@ ATTACKERS: tuple[Attacker, ...] = (
              victims_ids, authenticated=False),
     Attacker("guessed_id", attacker_b, guessed_ids, authenticated=True, varies_ids_only=True),
     Attacker("malformed_id", attacker_b, malformed_ids, authenticated=True, varies_ids_only=True, malformed=True),
+    # C, a viewer of A's collection: A's ids; may read that collection and its document, nothing else of A's
+    Attacker("collection_viewer", viewer_c, victims_ids, authenticated=True, expect=viewer_expect,
+             requires="collection_id"),
 )
 
 
@@ -322,7 +363,7 @@ class Case:
         return f"{self.target}[{self.field}]" if self.field else self.target
 
     def __post_init__(self) -> None:
-        if self.field and "collection" in self.field and not self.requires:
+        if self.field and ("collection" in self.field or "shared" in self.field) and not self.requires:
             object.__setattr__(self, "requires", "collection_id")
 
 
@@ -377,7 +418,9 @@ async def check_document_is_callers(w: World, c: Credentials, ids: Ids, outcome:
 
 
 async def check_documents_are_callers(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
-    assert all(document["user_id"] == c.user_id for document in outcome.data)
+    for document in outcome.data:
+        assert document["id"] != w.a.document_id
+        assert document["user_id"] == c.user_id or document.get("collection_id") in w.visible_collections(c)
 
 
 def not_a_sources(w: World, sources: list[dict]) -> None:
@@ -479,13 +522,17 @@ async def check_uploaded_is_callers(w: World, c: Credentials, ids: Ids, outcome:
     assert getattr(document, "collection_id", "") not in {w.a.collection_id, w.a.personal_collection_id} - {""}
 
 
-async def grpc_replace(w: World, c: Credentials, ids: Ids) -> Outcome:
-    async def messages() -> AsyncIterator[Any]:
-        yield ingest_pb2.ReplaceDocumentRequest(metadata=ingest_pb2.ReplaceMetadata(
-            document_id=ids.document_id, filename="replaced.txt", content_type="text/plain"))
-        yield ingest_pb2.ReplaceDocumentRequest(chunk=b"Replaced by somebody else entirely.\n")
+def grpc_replace(field_name: str = "document_id") -> Perform:
+    async def perform(w: World, c: Credentials, ids: Ids) -> Outcome:
+        document_id = ids.shared_document_id if field_name == "shared_document_id" else ids.document_id
 
-    return await rpc(w.ingest.ReplaceDocument, messages(), c)
+        async def messages() -> AsyncIterator[Any]:
+            yield ingest_pb2.ReplaceDocumentRequest(metadata=ingest_pb2.ReplaceMetadata(
+                document_id=document_id, filename="replaced.txt", content_type="text/plain"))
+            yield ingest_pb2.ReplaceDocumentRequest(chunk=b"Replaced by somebody else entirely.\n")
+
+        return await rpc(w.ingest.ReplaceDocument, messages(), c)
+    return perform
 
 
 def grpc_list_documents(field_name: str) -> Perform:
@@ -500,7 +547,9 @@ def grpc_list_documents(field_name: str) -> Perform:
 
 
 async def check_listed_documents(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
-    assert all(document.user_id == c.user_id for document in outcome.data.documents)
+    for document in outcome.data.documents:
+        assert document.id != w.a.document_id
+        assert document.user_id == c.user_id or document.collection_id in w.visible_collections(c)
 
 
 def grpc_chat(field_name: str | None, *, stream: bool = False) -> Perform:
@@ -606,9 +655,17 @@ def grpc_upsert_chat_turn(field_name: str) -> Perform:
     return perform
 
 
-async def rest_replace(w: World, c: Credentials, ids: Ids) -> Outcome:
-    return await rest(w, c, "PUT", upload_path(ids),
-                      files={"file": ("replaced.txt", b"Replaced by somebody else entirely.\n", "text/plain")})
+def shared(ids: Ids) -> Ids:
+    """The ids with the shared document in the document id's place."""
+    return replace(ids, document_id=ids.shared_document_id)
+
+
+def rest_replace(field_name: str = "document_id") -> Perform:
+    async def perform(w: World, c: Credentials, ids: Ids) -> Outcome:
+        target = shared(ids) if field_name == "shared_document_id" else ids
+        return await rest(w, c, "PUT", upload_path(target),
+                          files={"file": ("replaced.txt", b"Replaced by somebody else entirely.\n", "text/plain")})
+    return perform
 
 
 async def rest_create_key(w: World, c: Credentials, ids: Ids) -> Outcome:
@@ -641,8 +698,12 @@ async def rest_create_collection(w: World, c: Credentials, ids: Ids) -> Outcome:
     return outcome
 
 
+def hidden_collections(w: World, c: Credentials) -> set[str]:
+    return {w.a.collection_id, w.a.personal_collection_id} - w.visible_collections(c)
+
+
 async def check_collections_are_callers(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
-    assert not {item["id"] for item in outcome.data["collections"]} & {w.a.collection_id, w.a.personal_collection_id}
+    assert not {item["id"] for item in outcome.data["collections"]} & hidden_collections(w, c)
 
 
 async def rest_add_member(w: World, c: Credentials, ids: Ids) -> Outcome:
@@ -659,7 +720,7 @@ async def grpc_create_collection(w: World, c: Credentials, ids: Ids) -> Outcome:
 
 
 async def check_listed_collections(w: World, c: Credentials, ids: Ids, outcome: Outcome) -> None:
-    assert not {item.id for item in outcome.data.collections} & {w.a.collection_id, w.a.personal_collection_id}
+    assert not {item.id for item in outcome.data.collections} & hidden_collections(w, c)
 
 
 def _rest_case(method: str, path: str, field_name: str | None, perform: Perform, foreign: Foreign,
@@ -712,13 +773,17 @@ CASES: tuple[Case, ...] = (
                check=check_documents_are_callers),
     _rest_case("GET", "/api/upload/", "collection_id", lambda w, c, i: rest(
         w, c, "GET", "/api/upload/", params={"collection_id": i.personal_collection_id}), DENY),
-    _rest_case("PUT", "/api/upload/{document_id}", "document_id", rest_replace, DENY, writes=True),
+    _rest_case("PUT", "/api/upload/{document_id}", "document_id", rest_replace(), DENY, writes=True),
+    _rest_case("PUT", "/api/upload/{document_id}", "shared_document_id", rest_replace("shared_document_id"), DENY,
+               writes=True),
     _rest_case("GET", "/api/upload/{document_id}", "document_id",
                lambda w, c, i: rest(w, c, "GET", upload_path(i)), DENY),
     _rest_case("GET", "/api/upload/{document_id}/status", "document_id",
                lambda w, c, i: rest(w, c, "GET", upload_path(i, "/status")), DENY),
     _rest_case("DELETE", "/api/upload/{document_id}", "document_id",
                lambda w, c, i: rest(w, c, "DELETE", upload_path(i)), DENY, writes=True),
+    _rest_case("DELETE", "/api/upload/{document_id}", "shared_document_id",
+               lambda w, c, i: rest(w, c, "DELETE", upload_path(shared(i))), DENY, writes=True),
     _rest_case("GET", "/api/upload/{document_id}/events", "document_id", rest_events(query_token=False), DENY),
     _rest_case("GET", "/api/upload/{document_id}/events", "access_token", rest_events(query_token=True), DENY),
     _rest_case("GET", "/api/file-types", None, lambda w, c, i: rest(w, c, "GET", "/api/file-types"), OWN),
@@ -748,7 +813,9 @@ CASES: tuple[Case, ...] = (
     _rpc_case("IngestService", "UploadDocument", None, grpc_upload(), OWN, writes=True,
               check=check_uploaded_is_callers),
     _rpc_case("IngestService", "UploadDocument", "collection_id", grpc_upload("collection_id"), DENY, writes=True),
-    _rpc_case("IngestService", "ReplaceDocument", "document_id", grpc_replace, DENY, writes=True),
+    _rpc_case("IngestService", "ReplaceDocument", "document_id", grpc_replace(), DENY, writes=True),
+    _rpc_case("IngestService", "ReplaceDocument", "shared_document_id", grpc_replace("shared_document_id"), DENY,
+              writes=True),
     _rpc_case("IngestService", "GetDocument", "document_id", lambda w, c, i: rpc(
         w.ingest.GetDocument, ingest_pb2.GetDocumentRequest(document_id=i.document_id), c), DENY),
     _rpc_case("IngestService", "ListDocuments", "page_token", grpc_list_documents("page_token"), OWN,
@@ -756,6 +823,9 @@ CASES: tuple[Case, ...] = (
     _rpc_case("IngestService", "ListDocuments", "collection_id", grpc_list_documents("collection_id"), DENY),
     _rpc_case("IngestService", "DeleteDocument", "document_id", lambda w, c, i: rpc(
         w.ingest.DeleteDocument, ingest_pb2.DeleteDocumentRequest(document_id=i.document_id), c), DENY, writes=True),
+    _rpc_case("IngestService", "DeleteDocument", "shared_document_id", lambda w, c, i: rpc(
+        w.ingest.DeleteDocument, ingest_pb2.DeleteDocumentRequest(document_id=i.shared_document_id), c), DENY,
+        writes=True),
     _rpc_case("IngestService", "WatchDocument", "document_id", lambda w, c, i: rpc_stream(
         w.ingest.WatchDocument, ingest_pb2.WatchDocumentRequest(document_id=i.document_id), c), DENY),
     _rpc_case("IngestService", "ReindexDocuments", None, lambda w, c, i: rpc(
@@ -849,14 +919,16 @@ _NO_REVOCATION = ("BUG: RetrievalService does not check token revocation (its Se
 KNOWN_BUGS: dict[tuple[str, str | None, str], str] = {
     **{(case.target, case.field, "revoked_token"): _NO_REVOCATION
        for case in CASES if case.target.startswith("/docent.v1.RetrievalService/")},
-    ("/docent.v1.RetrievalService/UpsertChunks", "document_id", "other_user"): (
+    **{("/docent.v1.RetrievalService/UpsertChunks", "document_id", kind): (
         "BUG: chunk point ids are uuid5(document_id, [version,] chunk_index) without the user "
         "(services/retrieval/store.py chunk_point_id): UpsertChunks with B's token and A's document id overwrites "
-        "A's chunks in place (payload user_id becomes B's), so they vanish from A's search and chat"),
-    ("/docent.v1.RetrievalService/UpsertChatTurn", "turn_id", "other_user"): (
+        "A's chunks in place (payload user_id becomes B's), so they vanish from A's search and chat")
+       for kind in ("other_user", "collection_viewer")},
+    **{("/docent.v1.RetrievalService/UpsertChatTurn", "turn_id", kind): (
         "BUG: chat-turn point ids are uuid5(turn_id) without the user (services/retrieval/store.py turn_point_id): "
         "UpsertChatTurn with B's token and A's turn id overwrites A's memory point (payload user_id becomes B's), "
-        "so the turn vanishes from A's chat memory"),
+        "so the turn vanishes from A's chat memory")
+       for kind in ("other_user", "collection_viewer")},
     ("POST /api/auth/signin", "email", "malformed_id"): (
         "BUG: signin with an email holding a NUL byte is a 500: SigninRequest.email is a plain str that goes to "
         "Postgres as is (accounts.signin, lower(email) = lower($1)) and asyncpg raises CharacterNotInRepertoireError "
@@ -933,21 +1005,34 @@ async def world(up) -> AsyncIterator[World]:
     channels = {name: grpc.aio.insecure_channel(f"127.0.0.1:{up.ports[name]}")
                 for name in ("ingest", "chat", "retrieval")}
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-        a, b = await asyncio.gather(signup(http), signup(http))
-        # A's collections, where the build has them: one A creates, and A's personal one
+        a, b, c = await asyncio.gather(signup(http), signup(http), signup(http))
+        # A's collections, where the build has them: one A creates and shares with C (a viewer), and A's personal one
         created = await http.post("/api/collections/", headers=bearer(a.token), json={"name": A_COLLECTION})
         if created.status_code == 201:
             a.collection_id = created.json()["id"]
             listed = (await http.get("/api/collections/", headers=bearer(a.token))).json()["collections"]
             a.personal_collection_id = next(item["id"] for item in listed if item["personal"])
-        # A uploads (into the personal collection) and follows it over SSE to the end
-        reply = await http.post("/api/upload/", headers=bearer(a.token),
-                                files={"file": (A_FILENAME, A_TEXT.encode(), "text/plain")})
-        assert reply.status_code == 202, reply.text
-        a.document_id, a.document_created = reply.json()["id"], stamp(reply.json()["uploaded_at"])
-        async with http.stream("GET", f"/api/upload/{a.document_id}/events", headers=bearer(a.token)) as events:
-            text = (await events.aread()).decode()
-        assert "event: done" in text and '"status":"completed"' in text, text
+            shared = await http.post(f"/api/collections/{a.collection_id}/members", headers=bearer(a.token),
+                                     json={"email": c.email, "role": "viewer"})
+            assert shared.status_code == 200, shared.text
+
+        async def upload(filename: str, text: str, collection_id: str = "") -> dict:
+            """A uploads and follows it over SSE to the end."""
+            reply = await http.post("/api/upload/", headers=bearer(a.token),
+                                    params={"collection_id": collection_id} if collection_id else {},
+                                    files={"file": (filename, text.encode(), "text/plain")})
+            assert reply.status_code == 202, reply.text
+            async with http.stream("GET", f"/api/upload/{reply.json()['id']}/events",
+                                   headers=bearer(a.token)) as events:
+                body = (await events.aread()).decode()
+            assert "event: done" in body and '"status":"completed"' in body, body
+            return reply.json()
+
+        # A's document, in the personal collection; and one in the shared collection
+        document, *rest_ = await asyncio.gather(upload(A_FILENAME, A_TEXT), *(
+            [upload(SHARED_FILENAME, SHARED_TEXT, a.collection_id)] if a.collection_id else []))
+        a.document_id, a.document_created = document["id"], stamp(document["uploaded_at"])
+        a.shared_document_id = rest_[0]["id"] if rest_ else ""
         status = (await http.get(f"/api/upload/{a.document_id}/status", headers=bearer(a.token))).json()
         a.chunk_count = status["progress"]["chunks_total"] or status["progress"]["chunks_done"]
         # A chats once: a conversation, and a turn that becomes chat memory
@@ -971,7 +1056,8 @@ async def world(up) -> AsyncIterator[World]:
 
         world = World(up, http, ingest_pb2_grpc.IngestServiceStub(channels["ingest"]),
                       chat_pb2_grpc.ChatServiceStub(channels["chat"]),
-                      retrieval_pb2_grpc.RetrievalServiceStub(channels["retrieval"]), a, b, revoked, [], "")
+                      retrieval_pb2_grpc.RetrievalServiceStub(channels["retrieval"]), a, b,
+                      c if a.collection_id else None, revoked, [], "")
         a_creds = Credentials(a.user_id, a.token)
         probe = await world.retrieval.Search(retrieval_pb2.SearchRequest(
             query="probe", return_query_embedding=True), metadata=a_creds.metadata(), timeout=GRPC_TIMEOUT)
@@ -1012,7 +1098,13 @@ async def snapshot(world: World) -> dict[str, Any]:
     async def nothing() -> None:
         return None
 
-    (document, body), (conversation, turns), chunks, memory, keys, listed, members = await asyncio.gather(
+    def state_of(reply: tuple[int, Any] | None) -> tuple[Any, ...] | None:
+        if reply is None:
+            return None
+        status, body = reply
+        return (status, *(body.get(name) for name in ("processing_status", "filename", "version", "pending_version")))
+
+    (document, conversation, chunks, memory, keys, listed, members, shared_document) = await asyncio.gather(
         get(f"/api/upload/{a.document_id}"), get(f"/api/chat/conversations/{a.conversation_id}"),
         search(document_ids=[a.document_id], weights=retrieval_pb2.SourceWeights(documents=1.0, chat_history=0.0),
                min_score_documents=-1.0),
@@ -1020,7 +1112,8 @@ async def snapshot(world: World) -> dict[str, Any]:
                weights=retrieval_pb2.SourceWeights(documents=0.0, chat_history=1.0)),
         get("/api/keys/") if a.key_id else nothing(),
         get("/api/collections/") if a.collection_id else nothing(),
-        get(f"/api/collections/{a.collection_id}/members") if a.collection_id else nothing())
+        get(f"/api/collections/{a.collection_id}/members") if a.collection_id else nothing(),
+        get(f"/api/upload/{a.shared_document_id}") if a.shared_document_id else nothing())
 
     def items(reply: tuple[int, Any] | None, name: str) -> tuple[int, list[str]] | None:
         if reply is None:
@@ -1031,9 +1124,9 @@ async def snapshot(world: World) -> dict[str, Any]:
         "keys": items(keys, "keys"),
         "collections": items(listed, "collections"),
         "members": items(members, "members"),
-        "document": (document, body.get("processing_status"), body.get("filename"), body.get("version"),
-                     body.get("pending_version")),
-        "conversation": (conversation, [turn["turn_id"] for turn in turns.get("turns") or []]),
+        "shared document": state_of(shared_document),
+        "document": state_of(document),
+        "conversation": (conversation[0], [turn["turn_id"] for turn in conversation[1].get("turns") or []]),
         "chunks": sorted((r.document.document_id, r.document.chunk_index, r.document.filename, r.text)
                          for r in chunks.results),
         "memory": sorted((r.chat_turn.conversation_id, r.chat_turn.turn_id, r.chat_turn.user_message,
@@ -1046,9 +1139,18 @@ async def snapshot(world: World) -> dict[str, Any]:
 async def test_the_victim_has_what_the_attacks_aim_at(world) -> None:
     state = await snapshot(world)
     assert state["document"][:3] == (200, "completed", A_FILENAME)
+    assert state["shared document"] is None or state["shared document"][:3] == (200, "completed", SHARED_FILENAME)
     assert state["conversation"] == (200, [world.a.turn_id])
     if world.a.collection_id:
         assert world.a.personal_collection_id and A_COLLECTION in str(state["collections"])
+        assert world.c is not None and world.c.user_id in str(state["members"])
+        # what C may see of A's: the shared collection and its document, in C's listing and C's answers
+        c = viewer_c(world)
+        listed = (await world.http.get("/api/upload/", headers=c.http_headers())).json()
+        assert [document["id"] for document in listed] == [world.a.shared_document_id]
+        answer = (await world.http.post("/api/chat/", headers=c.http_headers(), json={
+            "query": "When does the team count zebrafish?", "explain": True})).json()
+        assert {source["document_id"] for source in answer["sources"]} == {world.a.shared_document_id}
     assert len(state["chunks"]) == world.a.chunk_count >= 1
     assert [turn_id for _, turn_id, *_ in state["memory"]] == [world.a.turn_id]
     assert A_CHAT_MARKER in state["memory"][0][2]
@@ -1080,11 +1182,22 @@ async def test_tenancy(world, case: Case, attacker: Attacker) -> None:
         pytest.skip(f"{case.target} is not in this build")
     if case.requires and not getattr(world.a, case.requires):
         pytest.skip(f"{case.field} is not in this build")
+    if attacker.requires and not getattr(world.a, attacker.requires):
+        pytest.skip(f"{attacker.name}: not in this build")
     creds, ids = attacker.credentials(world), attacker.ids(world)
     if inspect.isawaitable(creds):
         creds = await creds
     before = await snapshot(world) if case.writes else None
+    try:
+        await attempt(world, case, attacker, creds, ids)
+        if before is not None:
+            assert await snapshot(world) == before, "A's data changed"
+    finally:
+        if before is not None:
+            await restore_vectors(world, before)
 
+
+async def attempt(world: World, case: Case, attacker: Attacker, creds: Credentials, ids: Ids) -> None:
     outcome = await case.perform(world, creds, ids)
 
     is_rest = isinstance(outcome.status, int)
@@ -1093,15 +1206,37 @@ async def test_tenancy(world, case: Case, attacker: Attacker) -> None:
     allowed, success_allowed = expected(case, attacker, is_rest)
     assert outcome.status in allowed or (success_allowed and outcome.ok), (outcome.status, outcome.text[:500])
     # nothing of A's in the answer; a refusal may repeat the ids the caller sent
-    secrets = world.secrets()
+    secrets = {name: value for name, value in world.secrets().items() if name not in creds.sees}
     if not outcome.ok:
         secrets = {name: value for name, value in secrets.items() if value not in ids.values()}
     for name, value in secrets.items():
         assert value not in outcome.text, f"{name} in the answer: {outcome.text[:500]}"
     if outcome.ok and case.check is not None:
         await case.check(world, creds, ids, outcome)
-    if before is not None:
-        assert await snapshot(world) == before, "A's data changed"
+
+
+async def restore_vectors(world: World, before: dict[str, Any]) -> None:
+    """After an attack that got through to A's vectors (a known bug), A writes them back as they were, so that
+    the cases after it still aim at A's data, whatever subset of them runs."""
+    now = await snapshot(world)
+    if now == before:
+        return
+    a = Credentials(world.a.user_id, world.a.token)
+    if now["chunks"] != before["chunks"]:
+        chunks = [retrieval_pb2.Chunk(chunk_index=index, text=text, page_start=1, page_end=1,
+                                      embedding=world.embedding, token_count=len(text.split()))
+                  for _, index, _, text in before["chunks"]]
+        await world.retrieval.DeleteDocumentChunks(retrieval_pb2.DeleteDocumentChunksRequest(
+            document_id=world.a.document_id), metadata=a.metadata(), timeout=GRPC_TIMEOUT)
+        await world.retrieval.UpsertChunks(retrieval_pb2.UpsertChunksRequest(
+            document_id=world.a.document_id, filename=A_FILENAME, chunks=chunks,
+            embedding_model=world.embedding_model), metadata=a.metadata(), timeout=GRPC_TIMEOUT)
+    if now["memory"] != before["memory"]:
+        for conversation_id, turn_id, user_message, assistant_message in before["memory"]:
+            await world.retrieval.UpsertChatTurn(retrieval_pb2.UpsertChatTurnRequest(
+                turn_id=turn_id, conversation_id=conversation_id, user_message=user_message,
+                assistant_message=assistant_message, embedding=world.embedding,
+                embedding_model=world.embedding_model), metadata=a.metadata(), timeout=GRPC_TIMEOUT)
 
 
 # every endpoint has its case ----------------------------------------------------------------------------------

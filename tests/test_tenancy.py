@@ -115,6 +115,8 @@ class World:
     a_revoked_token: str
     embedding: list[float]
     embedding_model: str
+    # A's state as last read and found unchanged (see `snapshot`); None: read it again
+    state: dict[str, Any] | None = None
 
     def secrets(self) -> dict[str, str]:
         """What of A's must never reach anyone else."""
@@ -1187,14 +1189,18 @@ async def test_tenancy(world, case: Case, attacker: Attacker) -> None:
     creds, ids = attacker.credentials(world), attacker.ids(world)
     if inspect.isawaitable(creds):
         creds = await creds
-    before = await snapshot(world) if case.writes else None
+    before = None
+    if case.writes:
+        before = world.state = world.state or await snapshot(world)
     try:
         await attempt(world, case, attacker, creds, ids)
         if before is not None:
             assert await snapshot(world) == before, "A's data changed"
-    finally:
+    except BaseException:
         if before is not None:
             await restore_vectors(world, before)
+            world.state = None
+        raise
 
 
 async def attempt(world: World, case: Case, attacker: Attacker, creds: Credentials, ids: Ids) -> None:

@@ -1,12 +1,14 @@
 """Isolation, proven (issue #17): every REST route and every gRPC method, tried by every kind of attacker.
 
-One real `docent up` (gateway, ingest, retrieval, chat, worker). User A, the victim, owns a small text document
-(completed), one conversation and its chat memory. Then every entry of CASES — one per REST route or gRPC method
-and id-bearing field or filter — is performed by every ATTACKER kind:
+One real `docent up` (gateway, ingest, retrieval, chat, worker), set up once. User A, the victim, owns a small
+text document (completed), one conversation and its chat memory, an API key, and a collection it shares with C as
+a viewer, holding a second document. Then every entry of CASES — one per REST route or gRPC method and id-bearing
+field or filter — is performed by every ATTACKER kind:
 
 * `other_user`: B's valid token, A's ids in the field;
 * `revoked_token` / `expired_token`: A's own token after logout / after it expired, on A's own ids;
-* `guessed_id` / `malformed_id`: B's valid token, a made-up well-formed id / a malformed one in the field.
+* `guessed_id` / `malformed_id`: B's valid token, a made-up well-formed id / a malformed one in the field;
+* `collection_viewer`: C's valid token, A's ids: C may read the shared collection and its document, nothing more.
 
 What must hold: a refusal (401/403/404; gRPC UNAUTHENTICATED/PERMISSION_DENIED/NOT_FOUND/INVALID_ARGUMENT) or,
 where the route is legitimately the caller's own (a list, a search, a chat), only the caller's own data; never
@@ -17,7 +19,11 @@ The suite fails when a REST route of the app (`app.routes`) or a gRPC method of 
 every docent.v1 *_pb2 module) has no case: a new endpoint comes with its tenancy case. To add an attacker kind
 (e.g. API keys: a read-only key where write is needed, a revoked key, a key scoped to another collection), add an
 Attacker to ATTACKERS with the credentials it presents (`Credentials` carries headers / gRPC metadata, not only
-bearer tokens) and what it must get; cases say whether they write (`Case.writes`).
+bearer tokens, and what of A's its holder may see) and, where it depends on the case, what it must get
+(`Attacker.expect`); cases say whether they write (`Case.writes`).
+
+Known bugs are strict xfails in KNOWN_BUGS. A's vectors are written back after an attack that got through, so
+every case aims at A's data whatever subset runs.
 """
 
 from __future__ import annotations
@@ -71,11 +77,11 @@ A_QUESTION = "What does the zebrafish counting protocol require? marmaladeq4412"
 A_CHAT_MARKER = "marmaladeq4412"
 # what attackers ask: A's question without A's marker, as close to A's memory as can be
 ATTACK_QUESTION = A_QUESTION.replace(" " + A_CHAT_MARKER, "")
-# not an id: SQL, a NUL (Postgres refuses it in text), a right-to-left override, an emoji
 A_COLLECTION = "quokka-team-a7"
 SHARED_FILENAME = "shared-handbook-a7.txt"
 SHARED_TEXT = ("The shared handbook of A's team. Zebrafish are counted by the team on Mondays.\n\n"
                "Every member may read this handbook.\n")
+# not an id: SQL, a NUL (Postgres refuses it in text), a right-to-left override, an emoji
 MALFORMED = "not-a-uuid' OR '1'='1\x00\u202e\U0001f600"
 GRPC_TIMEOUT = 30.0
 SSE_TIMEOUT = 15.0

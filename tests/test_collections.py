@@ -167,7 +167,7 @@ async def test_chat_can_be_limited_to_collections(world) -> None:
 
 
 async def test_an_api_key_scoped_to_a_collection_reaches_only_it(up, world) -> None:
-    alice, _, team, shared, private = world
+    alice, bob, team, shared, private = world
     created = await alice.call("POST", "/api/keys/", json={"name": "team bot", "access": "read",
                                                            "collection_ids": [team]})
     assert created.status_code == 201 and created.json()["collection_ids"] == [team]
@@ -184,6 +184,17 @@ async def test_an_api_key_scoped_to_a_collection_reaches_only_it(up, world) -> N
             chat_pb2.ChatRequest(query=question), metadata=(("authorization", f"Bearer {key}"),))
     assert {source.document_id for source in reply.turn.sources} <= {shared}
     assert shared in {source.document_id for source in reply.turn.sources}
+    # bob, a member, over gRPC with his own API key: the shared collection's documents answer him
+    await alice.call("POST", f"/api/collections/{team}/members", json={"email": bob.email, "role": "viewer"})
+    try:
+        bob_key = (await bob.call("POST", "/api/keys/", json={"name": "bob bot"})).json()["key"]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{up.ports['chat']}") as channel:
+            reply = await chat_pb2_grpc.ChatServiceStub(channel).Chat(
+                chat_pb2.ChatRequest(query=question), metadata=(("authorization", f"Bearer {bob_key}"),))
+        cited = {source.document_id for source in reply.turn.sources}
+        assert shared in cited and private not in cited
+    finally:
+        await alice.call("DELETE", f"/api/collections/{team}/members/{bob.id}")
     # read-only and scoped: no upload, no new collection
     assert (await alice.upload("k.txt", b"key upload", team, key)).json()["reason"] == "API_KEY_READ_ONLY"
     assert (await alice.call("POST", "/api/collections/", key, json={"name": "x"})).status_code == 403

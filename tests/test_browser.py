@@ -222,7 +222,8 @@ async def test_api_keys_usage_and_limits(stack) -> None:
 
             # a delete gives the room back
             page.once("dialog", lambda dialog: dialog.accept())
-            await page.locator('[data-testid="doc-row"][data-filename="note-1.md"]').get_by_test_id("doc-delete").click()
+            note = page.locator('[data-testid="doc-row"][data-filename="note-1.md"]')
+            await note.get_by_test_id("doc-delete").click()
             await expect(documents_used).to_have_text(f"1 of {QUOTA_DOCUMENTS}")
 
             # a chat over its rate (the answer the gateway gives then, 429 with Retry-After): when to retry,
@@ -236,7 +237,8 @@ async def test_api_keys_usage_and_limits(stack) -> None:
             await page.get_by_test_id("question").press("Enter")
             limited = page.get_by_test_id("assistant-message").last
             await expect(limited).to_have_attribute("data-error-reason", "CHAT_RATE_LIMITED")
-            await expect(limited).to_contain_text("You have reached your limit of questions per minute. Try again in 42 s")
+            await expect(limited).to_contain_text(
+                "You have reached your limit of questions per minute. Try again in 42 s")
             await expect(page.get_by_test_id("question")).to_have_value("What do the notes say?")
             await page.unroute("**/api/chat/stream")
 
@@ -363,7 +365,8 @@ async def test_two_users_share_a_collection(stack) -> None:
             await expect(error).to_contain_text("still holds 1 document: delete them first")
             await alice.get_by_test_id("share-email").fill("nobody@example.com")
             await alice.get_by_test_id("share-submit").click()
-            await expect(error).to_have_text("No Docent account uses this email. Ask them to sign up, then share again.")
+            await expect(error).to_have_text(
+                "No Docent account uses this email. Ask them to sign up, then share again.")
             await alice.get_by_test_id("share-email").fill("bob@example.com")
             await alice.get_by_test_id("share-role").select_option("viewer")
             await alice.get_by_test_id("share-submit").click()

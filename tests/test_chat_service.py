@@ -74,7 +74,9 @@ def new_user() -> str:
     return f"u-{uuid.uuid4().hex[:10]}"
 
 
-async def seed(stack: Stack, user: str, texts: list[str] = REPORT, document_id: str = "doc-report") -> None:
+async def seed(stack: Stack, user: str, texts: list[str] = REPORT, document_id: str = "") -> None:
+    # document ids are unique across users, as the ingest service makes them (chunk ids derive from them)
+    document_id = document_id or f"doc-report-{user}"
     vectors = stack.embedder.embed(texts)
     chunks = [retrieval_pb2.Chunk(chunk_index=i, text=text, page_start=i + 1, page_end=i + 1,
                                   embedding=list(vectors[i])) for i, text in enumerate(texts)]
@@ -445,7 +447,7 @@ async def test_real_llama_cpp_server_end_to_end(stack: Stack, backing) -> None:
     """The real OpenAI-compatible path against llama.cpp; asserts only what a tiny model gets right:
     a name copied from the one passage it is given."""
     user = new_user()
-    await seed(stack, user, ["The project lead of the Orion migration is Marta Kowalski."], document_id="doc-orion")
+    await seed(stack, user, ["The project lead of the Orion migration is Marta Kowalski."])
     server, base_url = await asyncio.to_thread(start_server, _local_model(), port=free_port())
     try:
         settings = llm_settings(stack, backing, base_url, llm_model="local", llm_timeout_seconds=120)

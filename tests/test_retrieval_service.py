@@ -58,7 +58,7 @@ async def index_turn(stub, embedder, user: str, conversation_id: str, question: 
 async def test_search_finds_the_right_chunk_with_explain(retrieval) -> None:
     stub, embedder = retrieval
     user = f"u-{uuid.uuid4().hex[:8]}"
-    await index_facts(stub, embedder, user, "doc-facts")
+    await index_facts(stub, embedder, user, f"doc-facts-{user}")
     reply = await stub.Search(retrieval_pb2.SearchRequest(query="What was the Q3 revenue?"), metadata=auth(user),
                               timeout=30)
     top = reply.results[0]
@@ -80,7 +80,7 @@ async def test_search_finds_the_right_chunk_with_explain(retrieval) -> None:
 async def test_chat_history_is_merged_and_flags_context(retrieval) -> None:
     stub, embedder = retrieval
     user = f"u-{uuid.uuid4().hex[:8]}"
-    await index_facts(stub, embedder, user, "doc-facts")
+    await index_facts(stub, embedder, user, f"doc-facts-{user}")
     for index in range(4):
         await index_turn(stub, embedder, user, "conv-1", f"What is our Q3 revenue? (asked {index})",
                          "Q3 revenue was $5M [1].")

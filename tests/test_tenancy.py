@@ -921,27 +921,7 @@ RETRIEVAL_WRITES = {f"/docent.v1.RetrievalService/{name}" for name in (
 
 # Known isolation bugs: (target, field, attacker) -> what is wrong. Strict: fixing one makes its case pass, and
 # the entry must then go.
-_NO_REVOCATION = ("BUG: RetrievalService does not check token revocation (its ServiceDefinition lacks "
-                  "checks_revocation=True; docs/ARCHITECTURE.md: only ingest and chat read it): a logged-out token "
-                  "still searches, writes and deletes its user's chunks and chat memory")
-KNOWN_BUGS: dict[tuple[str, str | None, str], str] = {
-    **{(case.target, case.field, "revoked_token"): _NO_REVOCATION
-       for case in CASES if case.target.startswith("/docent.v1.RetrievalService/")},
-    **{("/docent.v1.RetrievalService/UpsertChunks", "document_id", kind): (
-        "BUG: chunk point ids are uuid5(document_id, [version,] chunk_index) without the user "
-        "(services/retrieval/store.py chunk_point_id): UpsertChunks with B's token and A's document id overwrites "
-        "A's chunks in place (payload user_id becomes B's), so they vanish from A's search and chat")
-       for kind in ("other_user", "collection_viewer")},
-    **{("/docent.v1.RetrievalService/UpsertChatTurn", "turn_id", kind): (
-        "BUG: chat-turn point ids are uuid5(turn_id) without the user (services/retrieval/store.py turn_point_id): "
-        "UpsertChatTurn with B's token and A's turn id overwrites A's memory point (payload user_id becomes B's), "
-        "so the turn vanishes from A's chat memory")
-       for kind in ("other_user", "collection_viewer")},
-    ("POST /api/auth/signin", "email", "malformed_id"): (
-        "BUG: signin with an email holding a NUL byte is a 500: SigninRequest.email is a plain str that goes to "
-        "Postgres as is (accounts.signin, lower(email) = lower($1)) and asyncpg raises CharacterNotInRepertoireError "
-        "(invalid byte sequence for encoding UTF8: 0x00); signup's EmailStr refuses the same with a 422"),
-}
+KNOWN_BUGS: dict[tuple[str, str | None, str], str] = {}
 
 
 def applies(case: Case, attacker: Attacker) -> bool:

@@ -14,6 +14,7 @@ from services.retrieval.store import (
     Source,
     TurnRecord,
     chunk_point_id,
+    turn_point_id,
 )
 from services.retrieval.store_edge import EdgeStore
 from services.retrieval.store_qdrant import QdrantServerStore
@@ -276,3 +277,29 @@ async def test_chunks_from_before_versions_are_version_1(store) -> None:
     hits = await _document_hits(store, document_id="doc-2")
     assert {hit.payload["filename"] for hit in hits} == {"new.pdf"} and len(hits) == 2
     assert await store.count(Source.DOCUMENTS, "alice", SearchFilters(document_ids=("doc-2",))) == 2
+
+
+async def test_collection_filter_and_chunks_from_before_collections(store) -> None:
+    """Search by collection; chunks written without one count as their uploader's personal documents."""
+    await store.upsert_chunks("alice", "doc-team", "team.pdf", [chunk(0, 1)], collection_id="team")
+    await store.upsert_chunks("alice", "doc-old", "old.pdf", [chunk(0, 2)])  # no collection: from before them
+    await store.upsert_chunks("bob", "doc-bob", "bob.pdf", [chunk(0, 3)], collection_id="bobs")
+
+    async def found(user: str, collections: tuple[str, ...], legacy: bool) -> set[str]:
+        filters = SearchFilters(collection_ids=collections, legacy_personal=legacy)
+        return {str(hit.payload["document_id"]) for hit in await store.search(
+            Source.DOCUMENTS, user, unit(1), 10, filters)}
+
+    assert await found("bob", ("team",), False) == {"doc-team"}  # a member of alice's team, not its uploader
+    assert await found("alice", ("team",), False) == {"doc-team"}
+    assert await found("alice", ("personal-a",), True) == {"doc-old"}
+    assert await found("bob", ("personal-b",), True) == set()  # the legacy branch is the uploader's only
+    assert await found("alice", ("team", "bobs"), True) == {"doc-team", "doc-old", "doc-bob"}
+
+
+async def test_owners_names_who_holds_point_ids(store) -> None:
+    await store.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(0, 1)])
+    await store.upsert_turn("bob", turn("t-1", "conv-1", 2))
+    assert await store.owners(Source.DOCUMENTS, [chunk_point_id("doc-1", 0), chunk_point_id("doc-2", 0)]) == {"alice"}
+    assert await store.owners(Source.CHAT_HISTORY, [turn_point_id("t-1")]) == {"bob"}
+    assert await store.owners(Source.CHAT_HISTORY, [turn_point_id("t-2")]) == set()

@@ -88,4 +88,5 @@ async def build_chat_service(settings: Settings) -> ChatService:
 
 
 def chat_service(settings: Settings) -> ServiceDefinition:
-    return ServiceDefinition("chat", (CHAT_SERVICE,), lambda: build_chat_service(settings), checks_revocation=True)
+    return ServiceDefinition("chat", (CHAT_SERVICE,), lambda: build_chat_service(settings), checks_revocation=True,
+                             accepts_api_keys=True)

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway.request_context import request_id, request_upstream
 from services.gateway.schemas import ErrorOut, ValidationErrorOut
-from services.runtime.errors import DocentError, error_info
+from services.runtime.errors import DocentError, error_info, unstorable_text
 
 log = structlog.get_logger("docent.gateway")
 
@@ -156,6 +156,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if status == 401:
             api.headers["WWW-Authenticate"] = "Bearer"
         return api.response(request_id())
+
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)
+    async def _unstorable_text(_request: Request, error: Exception) -> JSONResponse:
+        refused = unstorable_text(error)
+        assert refused is not None
+        return ApiError(400, refused.message, refused.reason).response(request_id())
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)

@@ -61,4 +61,4 @@ async def build_ingest_service(settings: Settings) -> IngestService:
 
 def ingest_service(settings: Settings) -> ServiceDefinition:
     return ServiceDefinition("ingest", (INGEST_SERVICE,), lambda: build_ingest_service(settings),
-                             checks_revocation=True)
+                             checks_revocation=True, accepts_api_keys=True)

@@ -66,4 +66,5 @@ async def build_retrieval_service(settings: Settings, embedder: Embedder | None 
 
 
 def retrieval_service(settings: Settings, *, embedder: Embedder | None = None) -> ServiceDefinition:
-    return ServiceDefinition("retrieval", (RETRIEVAL_SERVICE,), lambda: build_retrieval_service(settings, embedder))
+    return ServiceDefinition("retrieval", (RETRIEVAL_SERVICE,), lambda: build_retrieval_service(settings, embedder),
+                             checks_revocation=True)

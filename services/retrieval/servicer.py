@@ -25,12 +25,14 @@ from services.retrieval.store import (
     Source,
     TurnRecord,
     VectorStore,
+    chunk_point_id,
+    turn_point_id,
 )
 from services.runtime import tracing
 from services.runtime.call_context import current_user_id, require_admin, searchable_collections
 from services.runtime.config import Settings
 from services.runtime.embeddings import Embedder
-from services.runtime.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.names import MAX_QUERY_CHARS, personal_collection_id
 
 MAX_TOP_K = 100
@@ -288,6 +290,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         if collection_id not in searchable_collections():
             raise PermissionDenied("the caller's token does not name this collection", reason="COLLECTION_NOT_ALLOWED",
                                    collection_id=collection_id)
+        ids = [chunk_point_id(document_id, record.chunk_index, version) for record in records]
+        if ids and await self.store.owners(Source.DOCUMENTS, ids) - {user_id}:
+            # another user's chunks: their ids derive from the document id, which is not this caller's
+            raise NotFound(f"document {document_id} not found", reason="DOCUMENT_NOT_FOUND", document_id=document_id)
         count = await self.store.upsert_chunks(user_id, document_id, request.filename, records, version=version,
                                                staged=request.staged, collection_id=collection_id)
         if request.document_chunk_count > 0:
@@ -331,6 +337,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             embedding=list(request.embedding),
             sparse=sparse.document_vector(f"{request.user_message}\n{request.assistant_message}"),
         )
+        if await self.store.owners(Source.CHAT_HISTORY, [turn_point_id(turn_id)]) - {user_id}:
+            raise NotFound(f"turn {turn_id} not found", reason="TURN_NOT_FOUND", turn_id=turn_id)
         point_id = await self.store.upsert_turn(user_id, turn)
         return retrieval_pb2.UpsertChatTurnResponse(point_id=point_id, collection=Source.CHAT_HISTORY.collection)
 

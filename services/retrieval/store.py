@@ -151,6 +151,10 @@ class VectorStore(Protocol):
 
     async def count(self, source: Source, user_id: str, filters: SearchFilters | None = None) -> int: ...
 
+    async def owners(self, source: Source, point_ids: Sequence[str]) -> set[str]:
+        """The users whose points these ids already are (point ids derive from document or turn ids, so a
+        write must not take over another user's point)."""
+
     async def ping(self) -> bool: ...
 
     async def reset(self, dimension: int) -> None:

@@ -270,3 +270,7 @@ class EdgeStore:
     async def count(self, source: Source, user_id: str, filters: SearchFilters | None = None) -> int:
         request = qe.CountRequest(exact=True, filter=_filter(source, user_id, filters))
         return int(await asyncio.to_thread(self._shard(source).count, request))
+
+    async def owners(self, source: Source, point_ids: Sequence[str]) -> set[str]:
+        records = await asyncio.to_thread(self._shard(source).retrieve, list(point_ids), True, False)
+        return {str((record.payload or {}).get("user_id", "")) for record in records}

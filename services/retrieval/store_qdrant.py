@@ -258,3 +258,9 @@ class QdrantServerStore:
     async def count(self, source: Source, user_id: str, filters: SearchFilters | None = None) -> int:
         reply = await self.client.count(source.collection, count_filter=_filter(source, user_id, filters), exact=True)
         return int(reply.count)
+
+    async def owners(self, source: Source, point_ids: Sequence[str]) -> set[str]:
+        points = await self.client.retrieve(source.collection, ids=list(point_ids),
+                                            with_payload=models.PayloadSelectorInclude(include=["user_id"]),
+                                            with_vectors=False)
+        return {str((point.payload or {}).get("user_id", "")) for point in points}

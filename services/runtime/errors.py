@@ -15,6 +15,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "docent"
+MAX_MESSAGE_CHARS = 1000
+MAX_METADATA_CHARS = 200
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class DocentError(Exception):
@@ -24,10 +30,11 @@ class DocentError(Exception):
     def __init__(self, message: str, *, reason: str | None = None, retry_after: float | None = None,
                  **metadata: object) -> None:
         super().__init__(message)
-        self.message = message
         if reason:
             self.reason = reason
-        self.metadata = {key: str(value) for key, value in metadata.items()}
+        # bounded: a caller's oversized id echoed back must not overflow the status headers (8 KB)
+        self.message = _bounded(message, MAX_MESSAGE_CHARS)
+        self.metadata = {key: _bounded(str(value), MAX_METADATA_CHARS) for key, value in metadata.items()}
         # when to try again: sent as google.rpc.RetryInfo, and as Retry-After by the gateway
         self.retry_after = retry_after
         if retry_after is not None:
@@ -167,4 +174,15 @@ def backing_outage(error: BaseException) -> Unavailable | None:
     if isinstance(error, (ConnectionError, FileNotFoundError)):  # a refused or missing socket (embedded servers)
         return Unavailable("a backing service is unavailable (restarting?); try again shortly",
                            reason="BACKING_UNAVAILABLE", retry_after_seconds=2)
+    return None
+
+
+def unstorable_text(error: BaseException) -> InvalidArgument | None:
+    """Text Postgres cannot store (a NUL byte, or bytes the database encoding has no character for) as
+    INVALID_ARGUMENT: bad input, not a server failure."""
+    import asyncpg
+
+    if isinstance(error, (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError)):
+        return InvalidArgument("the text contains a character that cannot be stored (e.g. a NUL byte)",
+                               reason="TEXT_INVALID")
     return None

@@ -63,9 +63,10 @@ class ServiceDefinition:
     name: str
     service_names: Sequence[str]
     build: Callable[[], Awaitable[Service]]
-    # a service users call directly: refuses tokens ended by a logout and accepts API keys (both
-    # published by the gateway through Redis)
+    # refuses tokens ended by a logout (the gateway publishes them through Redis)
     checks_revocation: bool = False
+    # a service users call directly: also accepts API keys (published by the gateway through Redis)
+    accepts_api_keys: bool = False
 
 
 class _Routes(grpc.GenericRpcHandler):
@@ -116,11 +117,10 @@ async def serve(definition: ServiceDefinition, settings: Settings, *, port: int,
     `revocations` overrides the Redis revocation list of a service that checks revocation (tests)."""
     tracing.configure_tracing(definition.name)  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     owned_revocations = None
-    if definition.checks_revocation and revocations is None:
-        revocations = owned_revocations = RevocationList(settings.redis_url or "")
-    # API keys are published through Redis by the gateway: without Redis only tokens are accepted
-    api_keys = (ApiKeyDirectory(settings.redis_url)
-                if definition.checks_revocation and settings.redis_url else None)
+    # revocations and API keys are published through Redis by the gateway: without Redis there are none
+    if definition.checks_revocation and revocations is None and settings.redis_url:
+        revocations = owned_revocations = RevocationList(settings.redis_url)
+    api_keys = ApiKeyDirectory(settings.redis_url) if definition.accepts_api_keys and settings.redis_url else None
     routes = _Routes(definition.service_names)
     server = grpc.aio.server(
         # tracing first (when on): the span is active for the request scope's log line

@@ -33,7 +33,7 @@ from services.runtime.call_context import (
     request_id_var,
     token_var,
 )
-from services.runtime.errors import DocentError, Unauthenticated, backing_outage, build_status
+from services.runtime.errors import DocentError, Unauthenticated, backing_outage, build_status, unstorable_text
 
 log = structlog.get_logger("docent.grpc")
 
@@ -160,6 +160,10 @@ class ErrorMapping(ScopedInterceptor):
             _record(error.code, error.reason)
             await context.abort_with_status(error.to_status())
         except Exception as error:
+            refused = unstorable_text(error)
+            if refused is not None:
+                _record(refused.code, refused.reason)
+                await context.abort_with_status(refused.to_status())
             outage = backing_outage(error)
             if outage is not None:
                 _record(outage.code, outage.reason)
@@ -197,8 +201,8 @@ class Authentication(ScopedInterceptor):
     def __init__(self, jwt_secret: str, revocations: RevocationChecker | None = None,
                  api_keys: KeyVerifier | None = None) -> None:
         self._secret = jwt_secret
-        # ingest and chat refuse logged-out tokens and accept API keys; retrieval is internal: its callers
-        # are the other services, which forward a token
+        # every service refuses logged-out tokens; ingest and chat also accept API keys, retrieval is
+        # internal: its callers are the other services, which forward a token
         self._revocations = revocations
         self._api_keys = api_keys
 

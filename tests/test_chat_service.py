@@ -447,7 +447,8 @@ async def test_real_llama_cpp_server_end_to_end(stack: Stack, backing) -> None:
     """The real OpenAI-compatible path against llama.cpp; asserts only what a tiny model gets right:
     a name copied from the one passage it is given."""
     user = new_user()
-    await seed(stack, user, ["The project lead of the Orion migration is Marta Kowalski."])
+    orion = f"doc-orion-{user}"
+    await seed(stack, user, ["The project lead of the Orion migration is Marta Kowalski."], document_id=orion)
     server, base_url = await asyncio.to_thread(start_server, _local_model(), port=free_port())
     try:
         settings = llm_settings(stack, backing, base_url, llm_model="local", llm_timeout_seconds=120)
@@ -460,4 +461,4 @@ async def test_real_llama_cpp_server_end_to_end(stack: Stack, backing) -> None:
         del server
     turn = messages[-1].turn
     assert len(messages) > 2 and "Kowalski" in turn.answer
-    assert turn.model == "local" and [s.document_id for s in turn.sources] == ["doc-orion"]
+    assert turn.model == "local" and [s.document_id for s in turn.sources] == [orion]

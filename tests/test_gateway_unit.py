@@ -212,12 +212,15 @@ def test_sse_events_keep_nulls_and_leave_out_what_the_message_did_not_carry() ->
         b'"error_reason":null,"task":{"task_id":"t1","task_state":"PENDING","task_info":{"status":"Queued",'
         b'"stage":"queued","percent":2}},"progress":{"stage":"queued","pages_done":0,"pages_total":0,'
         b'"chunks_done":0,"chunks_total":0,"attempts":0,"percent":2,"message":"Queued"},'
-        b'"vector_collection_id":null,"page_count":0,"chunk_count":0,"document":{"id":"d1","user_id":"u1",'
+        b'"vector_collection_id":null,"page_count":0,"chunk_count":0,"version":1,"pending_version":null,'
+        b'"versions":[],"document":{"id":"d1","user_id":"u1",'
         b'"filename":"a.pdf","file_size":10,"mime_type":"application/pdf","vector_collection_id":null,'
         b'"processing_status":"pending","processing_error":null,"error_reason":null,"task_id":"t1",'
         b'"uploaded_at":"2023-11-14T22:13:20Z","updated_at":null,"indexed_at":null,"page_count":0,'
         b'"chunk_count":0,"sha256":"","progress":{"stage":"queued","pages_done":0,"pages_total":0,'
-        b'"chunks_done":0,"chunks_total":0,"attempts":0,"percent":2,"message":"Queued"}}}\n\n')
+        b'"chunks_done":0,"chunks_total":0,"attempts":0,"percent":2,"message":"Queued"},'
+        # fields added since the seed (versions, collections) come after the seed's, in both objects
+        b'"version":1,"pending_version":null,"versions":[],"collection_id":null}}\n\n')
     citation = chat_pb2.Citation(marker=1, document_id="d", filename="a.pdf", chunk_index=3, chunk_index_end=4,
                                  relevance_score=0.25, cited=True)
     turn = chat_pb2.ChatTurn(id="t", conversation_id="c", answer="Five [1].",

@@ -170,7 +170,8 @@ async def test_require_migrated_names_what_is_missing(fresh_database_url: str) -
         await conn.close()
     assert str(unmigrated.value) == (
         "docent: chat: the database schema is behind (missing migrations 0001_conversations, 0002_chat_turns, "
-        "0003_history_turn_ids, 0004_memory_sweeps, 0005_memory_refined); run `docent migrate`")
+        "0003_history_turn_ids, 0004_memory_sweeps, 0005_memory_refined, 0006_conversation_api_keys); run "
+        "`docent migrate`")
     assert "docent: ingest: the database schema is behind" in str(behind.value)
     assert str(one_missing.value) == (
         "docent: chat: the database schema is behind (missing migration 0004_memory_sweeps); run `docent migrate`")

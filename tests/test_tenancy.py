@@ -41,7 +41,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -123,6 +123,8 @@ class World:
     embedding_model: str
     # A's state as last read and found unchanged (see `snapshot`); None: read it again
     state: dict[str, Any] | None = None
+    # A's API keys the key attackers present, made on first use (name -> key)
+    keys: dict[str, str] = field(default_factory=dict)
 
     def secrets(self) -> dict[str, str]:
         """What of A's must never reach anyone else."""
@@ -245,6 +247,9 @@ class Attacker:
     expect: Callable[[Case, bool], Expectation | None] | None = None
     # a Tenant attribute A must have for the kind to apply (a feature this build may not have yet)
     requires: str = ""
+    # the victim's own credentials (A's read-only key): A's data is the caller's own, so the isolation checks of
+    # a successful answer (Case.check) do not apply; what must hold is that nothing changes
+    victims_own: bool = False
 
 
 def viewer_c(world: World) -> Credentials:
@@ -264,6 +269,79 @@ def viewer_expect(case: Case, is_rest: bool) -> Expectation | None:
     return None
 
 
+# API keys of A's as attackers --------------------------------------------------------------------------------
+
+async def a_key(world: World, name: str, *, revoke: bool = False, collection: bool = False, **body: Any) -> str:
+    """An API key of A's, made once per module: `revoke` revokes it at once, `collection` limits it to a new,
+    empty collection of A's."""
+    if name not in world.keys:
+        headers = bearer(world.a.token)
+        if collection:
+            made = await world.http.post("/api/collections/", headers=headers, json={"name": f"key scope {name}"})
+            assert made.status_code == 201, made.text
+            body["collection_ids"] = [made.json()["id"]]
+        created = await world.http.post("/api/keys/", headers=headers, json={"name": name, **body})
+        assert created.status_code == 201, created.text
+        if revoke:
+            revoked = await world.http.delete(f"/api/keys/{created.json()['id']}", headers=headers)
+            assert revoked.status_code == 204, revoked.text
+        world.keys[name] = created.json()["key"]
+    return world.keys[name]
+
+
+async def read_only_key(world: World) -> Credentials:
+    # A's own key: everything of A's is the caller's own, but nothing may change
+    return Credentials(world.a.user_id, await a_key(world, "read-only", access="read"),
+                       sees=frozenset(world.secrets()))
+
+
+async def revoked_key(world: World) -> Credentials:
+    return Credentials(world.a.user_id, await a_key(world, "revoked", access="write", revoke=True))
+
+
+async def other_collection_key(world: World) -> Credentials:
+    # A's write key limited to a collection that holds nothing of A's: A's documents, collections,
+    # conversations and chat memory are out of its reach; it still acts as A
+    return Credentials(world.a.user_id, await a_key(world, "other-collection", access="write", collection=True),
+                       sees=frozenset({"A's user id", "A's email"}))
+
+
+# what a read-only key must never do, even to its own user's data: change documents, conversations,
+# collections, keys or sessions (the retrieval service takes no keys at all)
+READ_KEY_REFUSED = {
+    "POST /api/upload/", "PUT /api/upload/{document_id}", "DELETE /api/upload/{document_id}",
+    "DELETE /api/chat/conversations/{conversation_id}", "POST /api/keys/", "GET /api/keys/",
+    "DELETE /api/keys/{key_id}", "POST /api/auth/logout", "POST /api/collections/",
+    "PATCH /api/collections/{collection_id}", "DELETE /api/collections/{collection_id}",
+    "POST /api/collections/{collection_id}/members", "DELETE /api/collections/{collection_id}/members/{user_id}",
+    *(f"/docent.v1.IngestService/{name}" for name in (
+        "UploadDocument", "ReplaceDocument", "DeleteDocument", "CreateCollection", "UpdateCollection",
+        "DeleteCollection", "SetCollectionMember", "DeleteCollectionMember")),
+    "/docent.v1.ChatService/DeleteConversation",
+}
+KEY_REFUSED_REST = {401, 403, 404}
+KEY_REFUSED_GRPC = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}
+
+
+def read_key_refuses(case: Case) -> bool:
+    return (case.target in READ_KEY_REFUSED or case.target.startswith("/docent.v1.RetrievalService/")
+            or case.foreign is Foreign.OPERATOR)
+
+
+def read_key_expect(case: Case, is_rest: bool) -> Expectation | None:
+    if case.public:
+        return None
+    refused = KEY_REFUSED_REST if is_rest else KEY_REFUSED_GRPC
+    return (refused | case.refusals), not read_key_refuses(case)
+
+
+def scoped_key_expect(case: Case, is_rest: bool) -> Expectation | None:
+    """As another user would be answered, and UNAUTHENTICATED from the retrieval service, which takes no keys."""
+    if case.public or is_rest or not case.target.startswith("/docent.v1.RetrievalService/"):
+        return None
+    return {grpc.StatusCode.UNAUTHENTICATED}, False
+
+
 ATTACKERS: tuple[Attacker, ...] = (
     Attacker("other_user", attacker_b, victims_ids, authenticated=True),
     Attacker("revoked_token", lambda w: Credentials(w.a.user_id, w.a_revoked_token), victims_ids,
@@ -275,6 +353,12 @@ ATTACKERS: tuple[Attacker, ...] = (
     # C, a viewer of A's collection: A's ids; may read that collection and its document, nothing else of A's
     Attacker("collection_viewer", viewer_c, victims_ids, authenticated=True, expect=viewer_expect,
              requires="collection_id"),
+    # A's own API keys: a read-only one where a write is needed, a revoked one, one limited to another collection
+    Attacker("read_only_key", read_only_key, victims_ids, authenticated=True, expect=read_key_expect,
+             requires="key_id", victims_own=True),
+    Attacker("revoked_key", revoked_key, victims_ids, authenticated=False, requires="key_id"),
+    Attacker("other_collection_key", other_collection_key, victims_ids, authenticated=True,
+             expect=scoped_key_expect, requires="collection_id"),
 )
 
 
@@ -929,6 +1013,10 @@ def applies(case: Case, attacker: Attacker) -> bool:
         return False  # a public route takes no credentials
     if attacker.varies_ids_only and case.field is None:
         return False
+    if attacker.victims_own and case.writes and not read_key_refuses(case):
+        # A's own read-only key may chat in A's conversations (tests/test_api_keys.py): that changes A's data
+        # the other cases compare, and is no attack
+        return False
     return True
 
 
@@ -1063,6 +1151,13 @@ async def world(up) -> AsyncIterator[World]:
 
         await asyncio.gather(until(memory_indexed, "A's turn in chat memory"),
                              until(revocation_seen, "the logout seen by ingest and chat", 30))
+        # the key attackers' keys, made before anything compares A's data (they are A's data too)
+        for attacker in ATTACKERS:
+            if attacker.requires and not getattr(a, attacker.requires):
+                continue
+            made = attacker.credentials(world)
+            if inspect.isawaitable(made):
+                await made
         try:
             yield world
         finally:
@@ -1106,7 +1201,9 @@ async def snapshot(world: World) -> dict[str, Any]:
     def items(reply: tuple[int, Any] | None, name: str) -> tuple[int, list[str]] | None:
         if reply is None:
             return None
-        return reply[0], sorted(json.dumps(item, sort_keys=True) for item in reply[1].get(name, []))
+        # when a key was last used changes with its use, as a key attacker's own use shows
+        return reply[0], sorted(json.dumps({key: value for key, value in item.items() if key != "last_used_at"},
+                                           sort_keys=True) for item in reply[1].get(name, []))
 
     return {
         "keys": items(keys, "keys"),
@@ -1203,7 +1300,7 @@ async def attempt(world: World, case: Case, attacker: Attacker, creds: Credentia
         secrets = {name: value for name, value in secrets.items() if value not in ids.values()}
     for name, value in secrets.items():
         assert value not in outcome.text, f"{name} in the answer: {outcome.text[:500]}"
-    if outcome.ok and case.check is not None:
+    if outcome.ok and case.check is not None and not attacker.victims_own:
         await case.check(world, creds, ids, outcome)
 
 

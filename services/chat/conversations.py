@@ -19,6 +19,19 @@ from services.runtime.pagination import PageCursor
 
 TITLE_CHARS = 80
 CONVERSATION_COLUMNS = "id, user_id, title, turn_count, created_at, updated_at"
+
+
+def _reachable(param: str) -> str:
+    """The condition "a caller confined to the API key `param` started it, or the caller is not confined"."""
+    return f"({param}::text IS NULL OR api_key_id = {param})"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whose conversations: a user's, or only those one of their API keys started (Identity.confined_key_id)."""
+
+    user_id: str
+    key_id: str | None = None
 TURN_COLUMNS = """id, conversation_id, user_id, seq, query, standalone_query, answer, sources, context,
                   chat_context_used, model, retrieval_ms, answer_ms, storage_ms, total_ms, vector_id,
                   memory_indexed_at, created_at, history_turn_ids"""
@@ -53,14 +66,16 @@ class NewTurn:
     storage_ms: float = 0.0
     total_ms: float = 0.0
     history_turn_ids: list[uuid.UUID] = field(default_factory=list)
+    api_key_id: str | None = None  # the confined API key that starts the conversation
 
 
-async def get(pool: asyncpg.Pool, user_id: str, conversation_id: str) -> asyncpg.Record | None:
+async def get(pool: asyncpg.Pool, owner: Owner, conversation_id: str) -> asyncpg.Record | None:
     ident = parse_uuid(conversation_id)
     if ident is None:
         return None
-    return await pool.fetchrow(f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1 AND user_id = $2",
-                               ident, user_id)
+    return await pool.fetchrow(
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1 AND user_id = $2 AND {_reachable('$3')}",
+        ident, owner.user_id, owner.key_id)
 
 
 async def recent_turns(pool: asyncpg.Pool, user_id: str, conversation_id: uuid.UUID,
@@ -83,8 +98,9 @@ async def store_turn(conn: asyncpg.Connection, turn: NewTurn, *, new_conversatio
     async with conn.transaction():
         if new_conversation:
             seq = await conn.fetchval(
-                """INSERT INTO conversations (id, user_id, title, turn_count) VALUES ($1, $2, $3, 1)
-                   RETURNING turn_count""", turn.conversation_id, turn.user_id, derive_title(turn.query))
+                """INSERT INTO conversations (id, user_id, title, turn_count, api_key_id) VALUES ($1, $2, $3, 1, $4)
+                   RETURNING turn_count""", turn.conversation_id, turn.user_id, derive_title(turn.query),
+                turn.api_key_id)
         else:
             seq = await conn.fetchval(
                 """UPDATE conversations SET turn_count = turn_count + 1, updated_at = now()
@@ -104,17 +120,19 @@ async def store_turn(conn: asyncpg.Connection, turn: NewTurn, *, new_conversatio
             turn.retrieval_ms, turn.answer_ms, turn.storage_ms, turn.total_ms, turn.history_turn_ids)
 
 
-async def list_page(pool: asyncpg.Pool, user_id: str, page_size: int,
+async def list_page(pool: asyncpg.Pool, owner: Owner, page_size: int,
                     cursor: PageCursor | None) -> tuple[list[asyncpg.Record], PageCursor | None]:
     """Newest (most recently active) first, keyset-paginated on (updated_at, id)."""
     if cursor is None:
         rows = await pool.fetch(
-            f"""SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1
-                ORDER BY updated_at DESC, id DESC LIMIT $2""", user_id, page_size + 1)
+            f"""SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1 AND {_reachable('$2')}
+                ORDER BY updated_at DESC, id DESC LIMIT $3""", owner.user_id, owner.key_id, page_size + 1)
     else:
         rows = await pool.fetch(
-            f"""SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = $1 AND (updated_at, id) < ($2, $3)
-                ORDER BY updated_at DESC, id DESC LIMIT $4""", user_id, cursor.at, cursor.id, page_size + 1)
+            f"""SELECT {CONVERSATION_COLUMNS} FROM conversations
+                WHERE user_id = $1 AND {_reachable('$2')} AND (updated_at, id) < ($3, $4)
+                ORDER BY updated_at DESC, id DESC LIMIT $5""", owner.user_id, owner.key_id, cursor.at, cursor.id,
+            page_size + 1)
     next_cursor = None
     if len(rows) > page_size:
         rows = rows[:page_size]

@@ -80,11 +80,11 @@ class ChatPipeline:
         self.rewriter = rewriter
         self.count_tokens = count_tokens
 
-    async def resolve_conversation(self, user_id: str, conversation_id: str) -> tuple[uuid.UUID, bool]:
+    async def resolve_conversation(self, owner: conversations.Owner, conversation_id: str) -> tuple[uuid.UUID, bool]:
         """(id, is_new); an id the caller does not own is NOT_FOUND, exactly like one that never existed."""
         if not conversation_id:
             return uuid.uuid4(), True
-        row = await conversations.get(self.pool, user_id, conversation_id)
+        row = await conversations.get(self.pool, owner, conversation_id)
         if row is None:
             raise conversation_not_found(conversation_id)
         return row["id"], False
@@ -97,20 +97,27 @@ class ChatPipeline:
         return within_budget(turns, self.settings.history_token_budget, self.count_tokens)
 
     async def search(self, query: str, options: chat_pb2.ChatOptions, exclude_conversation: str,
-                     token: str) -> retrieval_pb2.SearchResponse:
+                     token: str, *, memory: bool = True) -> retrieval_pb2.SearchResponse:
         request = retrieval_pb2.SearchRequest(
             query=query[:MAX_QUERY_CHARS], top_k=options.top_k, mode=options.mode,
             document_ids=list(options.document_ids), exclude_conversation_id=exclude_conversation,
             return_query_embedding=True)
         if options.HasField("weights"):
             request.weights.CopyFrom(options.weights)
+        if not memory:  # documents only: the caller may not draw on its user's chat memory
+            if not request.weights.HasField("documents"):
+                request.weights.documents = self.settings.weight_documents
+            request.weights.chat_history = 0.0
         try:
             return await self.retrieval.Search(request, **call_options(token, self.settings.grpc_deadline_seconds))
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
 
-    async def run(self, user_id: str, token: str, query: str,
+    async def run(self, owner: conversations.Owner, token: str, query: str,
                   options: chat_pb2.ChatOptions) -> AsyncIterator[Started | Delta | Stored]:
+        """One turn for `owner`: a confined API key (owner.key_id) reaches only its own conversations and
+        searches documents without its user's chat memory."""
+        user_id = owner.user_id
         started = time.perf_counter()
         query = query.strip()
         if not query:
@@ -120,7 +127,7 @@ class ChatPipeline:
         # which collections to search: asked of the ingest service while the conversation is read
         search_token = asyncio.ensure_future(self.scope.search_token(user_id, token, list(options.collection_ids)))
         try:
-            conversation_id, is_new = await self.resolve_conversation(user_id, options.conversation_id)
+            conversation_id, is_new = await self.resolve_conversation(owner, options.conversation_id)
             yield Started(str(conversation_id))
             history = [] if is_new else await self.history(user_id, conversation_id)
             standalone = await self.rewriter.standalone(query, history)
@@ -131,7 +138,8 @@ class ChatPipeline:
 
         retrieval_started = time.perf_counter()
         # recent turns are in the context already: search the other conversations (module docstring)
-        found = await self.search(standalone, options, str(conversation_id) if history else "", retrieval_token)
+        found = await self.search(standalone, options, str(conversation_id) if history else "", retrieval_token,
+                                  memory=owner.key_id is None)
         retrieval_ms = _ms(retrieval_started)
 
         context = context_from_search(found.results)
@@ -151,7 +159,7 @@ class ChatPipeline:
             standalone_query=standalone, answer=answer, sources=records.to_json_list(sources),
             context=records.to_json_list(found.results), chat_context_used=request.uses_chat_history,
             model=self.answerer.model, retrieval_ms=retrieval_ms, answer_ms=answer_ms,
-            history_turn_ids=[uuid.UUID(turn.id) for turn in history])
+            history_turn_ids=[uuid.UUID(turn.id) for turn in history], api_key_id=owner.key_id)
         row = await self._store(turn, is_new, started)
         if row is None:
             raise conversation_not_found(str(conversation_id))  # deleted while we answered

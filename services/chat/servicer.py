@@ -13,7 +13,6 @@ from services.chat.pipeline import ChatPipeline, Delta, Started, Stored, convers
 from services.runtime.call_context import (
     current_identity,
     current_token,
-    current_user_id,
     require_admin,
     require_write,
 )
@@ -26,6 +25,11 @@ from services.runtime.queue import MEMORY_QUEUE, Enqueuer
 from services.runtime.quotas import Quotas
 
 log = structlog.get_logger("docent.chat")
+
+
+def _owner() -> conversations.Owner:
+    identity = current_identity()
+    return conversations.Owner(identity.user_id, identity.confined_key_id)
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -41,7 +45,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def Chat(self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> chat_pb2.ChatResponse:
         await self.quotas.admit_chat(current_identity())
         turn = None
-        async for event in self.pipeline.run(current_user_id(), current_token(), request.query, request.options):
+        async for event in self.pipeline.run(_owner(), current_token(), request.query, request.options):
             if isinstance(event, Stored):
                 turn = event.turn
         if turn is None:
@@ -51,7 +55,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def StreamChat(self, request: chat_pb2.StreamChatRequest, context: grpc.aio.ServicerContext):
         await self.quotas.admit_chat(current_identity())
         conversation_id = ""
-        async for event in self.pipeline.run(current_user_id(), current_token(), request.query, request.options):
+        async for event in self.pipeline.run(_owner(), current_token(), request.query, request.options):
             if isinstance(event, Started):
                 conversation_id = event.conversation_id
             elif isinstance(event, Delta):
@@ -63,25 +67,25 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def ListConversations(self, request: chat_pb2.ListConversationsRequest,
                                 context: grpc.aio.ServicerContext) -> chat_pb2.ListConversationsResponse:
         page_size, cursor = page_request(request.page_size, request.page_token)
-        rows, next_cursor = await conversations.list_page(self.pool, current_user_id(), page_size, cursor)
+        rows, next_cursor = await conversations.list_page(self.pool, _owner(), page_size, cursor)
         return chat_pb2.ListConversationsResponse(
             conversations=[records.conversation_to_pb(row) for row in rows],
             next_page_token=next_cursor.encode() if next_cursor else "")
 
     async def GetConversation(self, request: chat_pb2.GetConversationRequest,
                               context: grpc.aio.ServicerContext) -> chat_pb2.Conversation:
-        user_id = current_user_id()
-        row = await conversations.get(self.pool, user_id, request.conversation_id)
+        owner = _owner()
+        row = await conversations.get(self.pool, owner, request.conversation_id)
         if row is None:
             raise conversation_not_found(request.conversation_id)
-        return records.conversation_to_pb(row, await conversations.turns(self.pool, user_id, row["id"]))
+        return records.conversation_to_pb(row, await conversations.turns(self.pool, owner.user_id, row["id"]))
 
     async def DeleteConversation(self, request: chat_pb2.DeleteConversationRequest,
                                  context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         """Memory vectors, then rows, then the vectors once more: a memory write racing the delete
         either lands before the second vector delete, or finds its turn gone and removes itself."""
         user_id = require_write().user_id
-        row = await conversations.get(self.pool, user_id, request.conversation_id)
+        row = await conversations.get(self.pool, _owner(), request.conversation_id)
         if row is None:
             raise conversation_not_found(request.conversation_id)
         conversation_id = str(row["id"])

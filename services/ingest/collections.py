@@ -243,6 +243,9 @@ async def remove_member(pool: asyncpg.Pool, caller: Caller, collection: str, use
     """An owner removes anyone; any member may leave. The last owner cannot leave."""
     needed = VIEWER if user_id == caller.user_id else OWNER
     collection_id = await require_role(pool, caller, collection, needed)
+    if not caller.can_write:
+        raise PermissionDenied("this API key is read-only: leaving a collection changes it",
+                               reason="API_KEY_READ_ONLY")
     await _refuse_personal(pool, collection_id, "left")
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT id FROM collections WHERE id = $1 FOR UPDATE", collection_id)

@@ -86,6 +86,14 @@ class Identity:
     def can_write(self) -> bool:
         return self.key is None or self.key.access == WRITE
 
+    @property
+    def confined_key_id(self) -> str | None:
+        """The API key whose own conversations are all this caller reaches, without their user's chat memory:
+        a key limited to collections must not read what its user discussed elsewhere. None otherwise."""
+        if self.key is not None and self.key.collections is not None:
+            return self.key.key_id
+        return None
+
 
 # The example values the repository publishes or once published (.env.example, the old
 # deploy/k8s/secret.yaml; compose takes .env's). Anyone can read them, so anyone could sign tokens

@@ -24,9 +24,10 @@ PASSWORD = "correct horse battery"
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(settings) -> AsyncIterator[str]:
+async def serve_gateway(settings, app=None) -> AsyncIterator[str]:
+    """The gateway app (`create_app(settings)` unless given) under uvicorn on a free port; yields its URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings, TEST_SECRET), host="127.0.0.1", port=port, log_config=None,
+    config = uvicorn.Config(app or create_app(settings, TEST_SECRET), host="127.0.0.1", port=port, log_config=None,
                             access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -327,7 +327,7 @@ async def reranked_retrieval(embedder, standin: StandIn):
 async def test_search_reranks_document_candidates(reranked_retrieval, standin: StandIn) -> None:
     stub, embedder = reranked_retrieval
     user = f"u-{uuid.uuid4().hex[:8]}"
-    await index_facts(stub, embedder, user, "doc-facts")
+    await index_facts(stub, embedder, user, f"doc-facts-{user}")
     standin.live_mode = "ok"
     request = retrieval_pb2.SearchRequest(query="What was the Q3 revenue?", top_k=2,
                                           weights=retrieval_pb2.SourceWeights(documents=1.0, chat_history=0.0))
@@ -346,7 +346,7 @@ async def test_search_reranks_document_candidates(reranked_retrieval, standin: S
 async def test_search_with_the_reranker_down_keeps_the_dense_order(reranked_retrieval, standin: StandIn) -> None:
     stub, embedder = reranked_retrieval
     user = f"u-{uuid.uuid4().hex[:8]}"
-    await index_facts(stub, embedder, user, "doc-facts")
+    await index_facts(stub, embedder, user, f"doc-facts-{user}")
     request = retrieval_pb2.SearchRequest(query="What was the Q3 revenue?", top_k=3,
                                           weights=retrieval_pb2.SourceWeights(documents=1.0, chat_history=0.0))
     standin.live_mode = "down"
@@ -367,7 +367,7 @@ async def test_a_hanging_reranker_leaves_search_time_to_answer(reranked_retrieva
     """A reranker timeout longer than the call's deadline: the attempt is cut so Search still answers."""
     stub, embedder = reranked_retrieval
     user = f"u-{uuid.uuid4().hex[:8]}"
-    await index_facts(stub, embedder, user, "doc-facts")
+    await index_facts(stub, embedder, user, f"doc-facts-{user}")
     request = retrieval_pb2.SearchRequest(query="How much revenue in Q3?")
     await stub.Search(request, metadata=auth(user), timeout=30)  # embeds the query
     standin.live_mode = "hang"

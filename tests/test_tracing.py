@@ -23,7 +23,6 @@ import httpx
 import openai
 import pytest
 import structlog
-import uvicorn
 from dramatiq.middleware import AsyncIO, CurrentMessage, default_middleware
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -37,8 +36,9 @@ from services.runtime.call_context import request_id_var
 from services.runtime.jobs import JobContext, queue_lag_seconds
 from services.runtime.logging import add_trace_ids
 from services.runtime.queue import INGEST_QUEUE, create_broker
-from tests.conftest import REPO, TEST_SECRET, auth, create_database, free_port, make_settings
+from tests.conftest import REPO, TEST_SECRET, auth, create_database, make_settings
 from tests.ingest_harness import ingest_stack
+from tests.test_gateway_auth import serve_gateway
 
 TEXT = "\n\n".join(f"Section {n}. The observatory logs star {n} at magnitude {n % 7}." for n in range(40))
 
@@ -62,20 +62,8 @@ async def gateway(settings) -> AsyncIterator[str]:
 
     app = create_app(settings, TEST_SECRET)
     tracing.instrument_fastapi(app)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("gateway exited during start-up")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
+    async with serve_gateway(settings, app) as url:
+        yield url
 
 
 @contextlib.contextmanager

@@ -232,3 +232,29 @@ async def test_the_migration_and_the_code_name_personal_collections_alike(backin
             assert str(derived) == personal_collection_id(user_id)
     finally:
         await conn.close()
+
+
+async def test_collections_and_members_come_in_pages(client) -> None:
+    owner, guest = await signup(client, "pager"), await signup(client, "guest")
+    for name in ("delta", "Alpha", "charlie", "bravo"):
+        assert (await owner.call("POST", "/api/collections/", json={"name": name})).status_code == 201
+    pages, token = [], None
+    while True:
+        reply = (await owner.call("GET", "/api/collections/", params={"limit": 2, **({"page_token": token}
+                                                                                   if token else {})})).json()
+        pages.append([item["name"] for item in reply["collections"]])
+        token = reply["next_page_token"]
+        if token is None:
+            break
+    assert pages == [["Personal", "Alpha"], ["bravo", "charlie"], ["delta"]]  # personal first, then by name
+    bad = await owner.call("GET", "/api/collections/", params={"page_token": "bm90LWEtdG9rZW4"})
+    assert bad.status_code == 400 and bad.json()["reason"] == "PAGE_TOKEN_INVALID"
+
+    team = (await owner.call("GET", "/api/collections/", params={"limit": 2})).json()["collections"][1]["id"]
+    await owner.call("POST", f"/api/collections/{team}/members", json={"email": guest.email, "role": "viewer"})
+    first = (await owner.call("GET", f"/api/collections/{team}/members", params={"limit": 1})).json()
+    second = (await owner.call("GET", f"/api/collections/{team}/members",
+                               params={"limit": 1, "page_token": first["next_page_token"]})).json()
+    assert [m["email"] for m in first["members"] + second["members"]] == [owner.email, guest.email]
+    assert second["next_page_token"] is None
+

@@ -21,6 +21,7 @@ from services.runtime.auth import mint_token
 from services.runtime.call_context import remaining_seconds
 from services.runtime.errors import from_rpc_error
 from services.runtime.grpc_client import call_options
+from services.runtime.pagination import MAX_PAGE_SIZE
 
 log = structlog.get_logger("docent.chat")
 # the minted token outlives the one Search call it is for by a wide margin
@@ -37,14 +38,21 @@ class CollectionScope:
     async def search_token(self, user_id: str, token: str, requested: list[str]) -> str:
         """The token for the retrieval Search of one turn: it names every collection the caller may read
         (or those of `requested`, each of which must be readable: NOT_FOUND otherwise)."""
+        found: list[str] = []
+        page_token = ""
         try:
-            reply = await self._ingest.ListCollections(
-                ingest_pb2.ListCollectionsRequest(collection_ids=requested),
-                **call_options(token, remaining_seconds(LOOKUP_TIMEOUT_SECONDS)))
+            while True:  # one page for nearly everyone: a page holds MAX_PAGE_SIZE collections
+                reply = await self._ingest.ListCollections(
+                    ingest_pb2.ListCollectionsRequest(collection_ids=requested, page_size=MAX_PAGE_SIZE,
+                                                      page_token=page_token),
+                    **call_options(token, remaining_seconds(LOOKUP_TIMEOUT_SECONDS)))
+                found.extend(collection.id for collection in reply.collections)
+                page_token = reply.next_page_token
+                if not page_token:
+                    break
         except grpc.aio.AioRpcError as error:
             if requested or error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise from_rpc_error(error) from None
             log.warning("collections_unresolved", error=error.code().name, searching="personal collection")
             return token
-        return mint_token(self._secret, user_id, SEARCH_TOKEN_SECONDS,
-                          collections=[collection.id for collection in reply.collections])
+        return mint_token(self._secret, user_id, SEARCH_TOKEN_SECONDS, collections=found)

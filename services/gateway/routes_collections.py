@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, EmailStr, Field, StringConstraints
 
 from docent.v1 import ingest_pb2
@@ -31,6 +31,8 @@ ROLE_NAMES: dict[int, Role] = {ingest_pb2.COLLECTION_ROLE_VIEWER: "viewer", inge
 ROLE_VALUES = {name: value for value, name in ROLE_NAMES.items()}
 CollectionName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 IdPath = Annotated[str, Path(max_length=64)]
+PageSize = Annotated[int, Query(ge=1, le=100, description="at most this many (one page)")]
+PageToken = Annotated[str, Query(max_length=512, description="the `next_page_token` of the previous page")]
 
 _COMMON = {401: UNAUTHORIZED, 500: INTERNAL, 503: UPSTREAM_UNAVAILABLE, 504: UPSTREAM_TIMEOUT}
 _ONE = {**_COMMON, 404: "no such collection among the caller's (COLLECTION_NOT_FOUND)"}
@@ -61,6 +63,7 @@ class CollectionOut(BaseModel):
 
 class CollectionList(BaseModel):
     collections: list[CollectionOut]
+    next_page_token: str | None = Field(None, description="pass as `page_token` for the next page; null on the last")
 
 
 class CollectionIn(BaseModel):
@@ -90,6 +93,7 @@ class MemberOut(BaseModel):
 
 class MemberList(BaseModel):
     members: list[MemberOut]
+    next_page_token: str | None = Field(None, description="pass as `page_token` for the next page; null on the last")
 
 
 async def _members_out(state, members: list[ingest_pb2.CollectionMember]) -> list[MemberOut]:
@@ -113,12 +117,17 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-@router.get("/", response_model=CollectionList, operation_id="listCollections", responses=error_responses(_COMMON))
-async def list_collections(caller: CallerDep, state: StateDep) -> CollectionList:
+@router.get("/", response_model=CollectionList, operation_id="listCollections",
+            responses=error_responses({**_COMMON, 400: "a page_token this list did not give (PAGE_TOKEN_INVALID)"},
+                                      validation=True))
+async def list_collections(caller: CallerDep, state: StateDep, limit: PageSize = 100,
+                           page_token: PageToken = "") -> CollectionList:
     """The caller's collections (the personal one first, then by name), with the caller's role in each."""
     reply = await state.ingest.ListCollections(
-        ingest_pb2.ListCollectionsRequest(view=ingest_pb2.COLLECTION_VIEW_FULL), **state.options(caller))
-    return CollectionList(collections=[CollectionOut.from_proto(item) for item in reply.collections])
+        ingest_pb2.ListCollectionsRequest(view=ingest_pb2.COLLECTION_VIEW_FULL, page_size=limit,
+                                          page_token=page_token), **state.options(caller))
+    return CollectionList(collections=[CollectionOut.from_proto(item) for item in reply.collections],
+                          next_page_token=reply.next_page_token or None)
 
 
 @router.post("/", status_code=status.HTTP_201_CREATED, response_model=CollectionOut, operation_id="createCollection",
@@ -162,12 +171,15 @@ async def delete_collection(collection_id: IdPath, caller: CallerDep, state: Sta
 
 
 @router.get("/{collection_id}/members", response_model=MemberList, operation_id="listCollectionMembers",
-            responses=error_responses(_ONE, validation=True))
-async def list_members(collection_id: IdPath, caller: CallerDep, state: StateDep) -> MemberList:
-    """Who shares the collection, with their roles (any member may look)."""
-    reply = await state.ingest.ListCollectionMembers(
-        ingest_pb2.ListCollectionMembersRequest(collection_id=collection_id), **state.options(caller))
-    return MemberList(members=await _members_out(state, list(reply.members)))
+            responses=error_responses({**_ONE, 400: "a page_token this list did not give (PAGE_TOKEN_INVALID)"},
+                                      validation=True))
+async def list_members(collection_id: IdPath, caller: CallerDep, state: StateDep, limit: PageSize = 100,
+                       page_token: PageToken = "") -> MemberList:
+    """Who shares the collection, with their roles (any member may look), oldest first."""
+    reply = await state.ingest.ListCollectionMembers(ingest_pb2.ListCollectionMembersRequest(
+        collection_id=collection_id, page_size=limit, page_token=page_token), **state.options(caller))
+    return MemberList(members=await _members_out(state, list(reply.members)),
+                      next_page_token=reply.next_page_token or None)
 
 
 @router.post("/{collection_id}/members", response_model=MemberOut, operation_id="setCollectionMember",

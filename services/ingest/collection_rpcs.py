@@ -11,6 +11,7 @@ from services.ingest import collections
 from services.ingest.collections import Caller
 from services.runtime.call_context import current_identity
 from services.runtime.errors import InvalidArgument
+from services.runtime.pagination import sort_key_request
 
 ROLE_TO_PB = {collections.VIEWER: ingest_pb2.COLLECTION_ROLE_VIEWER,
               collections.EDITOR: ingest_pb2.COLLECTION_ROLE_EDITOR,
@@ -60,17 +61,19 @@ class CollectionMethods:
                               context: grpc.aio.ServicerContext) -> ingest_pb2.ListCollectionsResponse:
         caller = _caller()
         full = request.view == ingest_pb2.COLLECTION_VIEW_FULL
-        rows = await collections.listing(self.pool, caller, full=full)
-        if request.collection_ids:
-            readable = {row["id"] for row in rows}
-            wanted = set()
-            for value in request.collection_ids:
-                ident = collections.parse_id(value)
-                if ident is None or ident not in readable:
+        if request.collection_ids:  # these, each readable, in one page
+            wanted = [collections.parse_id(value) for value in request.collection_ids]
+            rows, _ = await collections.listing(self.pool, caller, full=full,
+                                                only=[ident for ident in wanted if ident is not None])
+            found = {row["id"] for row in rows}
+            for value, ident in zip(request.collection_ids, wanted, strict=True):
+                if ident is None or ident not in found:
                     raise collections.collection_not_found(value)
-                wanted.add(ident)
-            rows = [row for row in rows if row["id"] in wanted]
-        return ingest_pb2.ListCollectionsResponse(collections=[collection_to_pb(row) for row in rows])
+            return ingest_pb2.ListCollectionsResponse(collections=[collection_to_pb(row) for row in rows])
+        page_size, after = sort_key_request(request.page_size, request.page_token, 3)
+        rows, following = await collections.listing(self.pool, caller, full=full, page_size=page_size, after=after)
+        return ingest_pb2.ListCollectionsResponse(collections=[collection_to_pb(row) for row in rows],
+                                                  next_page_token=following.encode() if following else "")
 
     async def UpdateCollection(self, request: ingest_pb2.UpdateCollectionRequest,
                                context: grpc.aio.ServicerContext) -> ingest_pb2.UpdateCollectionResponse:
@@ -84,8 +87,10 @@ class CollectionMethods:
 
     async def ListCollectionMembers(self, request: ingest_pb2.ListCollectionMembersRequest,
                                     context: grpc.aio.ServicerContext) -> ingest_pb2.ListCollectionMembersResponse:
-        rows = await collections.members(self.pool, _caller(), request.collection_id)
-        return ingest_pb2.ListCollectionMembersResponse(members=[member_to_pb(row) for row in rows])
+        page_size, after = sort_key_request(request.page_size, request.page_token, 2)
+        rows, following = await collections.members(self.pool, _caller(), request.collection_id, page_size, after)
+        return ingest_pb2.ListCollectionMembersResponse(members=[member_to_pb(row) for row in rows],
+                                                        next_page_token=following.encode() if following else "")
 
     async def SetCollectionMember(self, request: ingest_pb2.SetCollectionMemberRequest,
                                   context: grpc.aio.ServicerContext) -> ingest_pb2.SetCollectionMemberResponse:

@@ -25,6 +25,7 @@ import asyncpg
 from services.runtime import names
 from services.runtime.auth import Identity
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.runtime.pagination import SortKey
 
 VIEWER, EDITOR, OWNER = "viewer", "editor", "owner"
 ROLES = (VIEWER, EDITOR, OWNER)
@@ -132,24 +133,35 @@ _COLUMNS = """c.id, c.name, c.personal, c.created_by, c.created_at, m.role,
 _BASIC_COLUMNS = "c.id, c.name, c.personal, m.role"
 
 
-async def listing(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller, *,
-                  full: bool = True) -> list[asyncpg.Record]:
-    """The caller's collections with their role: the personal one first, then by name. `full` adds the
-    creation time and the member and document counts. The personal collection is created the first time
-    it is missing (one write per user, ever)."""
+async def listing(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller, *, full: bool = True,
+                  page_size: int = MAX_MEMBERS, after: SortKey | None = None,
+                  only: list[uuid.UUID] | None = None) -> tuple[list[asyncpg.Record], SortKey | None]:
+    """A page of the caller's collections with their role (of `only`, if given): the personal one first, then by
+    name. `full` adds the creation time and the member and document counts. The personal collection is created
+    the first time it is missing (one write per user, ever)."""
     async def fetch() -> list[asyncpg.Record]:
         return await conn.fetch(
-            f"""SELECT {_COLUMNS if full else _BASIC_COLUMNS}
+            f"""SELECT {_COLUMNS if full else _BASIC_COLUMNS}, lower(c.name) AS sort_name
                 FROM collections c JOIN collection_members m ON m.collection_id = c.id
                 WHERE m.user_id = $1 AND ($2::uuid[] IS NULL OR c.id = ANY($2::uuid[]))
-                ORDER BY c.personal DESC, lower(c.name), c.id""", caller.user_id, caller.scope_list())
+                  AND ($3::uuid[] IS NULL OR c.id = ANY($3::uuid[]))
+                  AND ($4::boolean IS NULL OR (NOT c.personal, lower(c.name), c.id) > ($4, $5, $6::uuid))
+                ORDER BY NOT c.personal, lower(c.name), c.id LIMIT $7""",
+            caller.user_id, caller.scope_list(), only, *(after.values if after else (None, None, None)),
+            page_size + 1)
 
     rows = await fetch()
     personal = personal_collection_id(caller.user_id)
-    if caller.allows(personal) and not any(row["id"] == personal for row in rows):
+    first_page_without_personal = after is None and (not rows or rows[0]["id"] != personal)
+    if first_page_without_personal and caller.allows(personal) and (only is None or personal in only):
         await ensure_personal(conn, caller.user_id)
         rows = await fetch()
-    return rows
+    following = None
+    if len(rows) > page_size:
+        rows = rows[:page_size]
+        last = rows[-1]
+        following = SortKey((not last["personal"], last["sort_name"], str(last["id"])))
+    return rows, following
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller, collection: str) -> asyncpg.Record:
@@ -210,10 +222,20 @@ async def delete_empty(pool: asyncpg.Pool, caller: Caller, collection: str) -> N
         await conn.execute("DELETE FROM collections WHERE id = $1", collection_id)
 
 
-async def members(pool: asyncpg.Pool, caller: Caller, collection: str) -> list[asyncpg.Record]:
+async def members(pool: asyncpg.Pool, caller: Caller, collection: str, page_size: int,
+                  after: SortKey | None = None) -> tuple[list[asyncpg.Record], SortKey | None]:
+    """A page of the collection's members, oldest first."""
     collection_id = await require_role(pool, caller, collection, VIEWER)
-    return await pool.fetch("SELECT user_id, role, added_at FROM collection_members WHERE collection_id = $1 "
-                            "ORDER BY added_at, user_id", collection_id)
+    since, user = after.values if after else (None, None)
+    rows = await pool.fetch(
+        """SELECT user_id, role, added_at FROM collection_members
+           WHERE collection_id = $1 AND ($2::text IS NULL OR (added_at, user_id) > ($2::timestamptz, $3))
+           ORDER BY added_at, user_id LIMIT $4""", collection_id, since, user, page_size + 1)
+    following = None
+    if len(rows) > page_size:
+        rows = rows[:page_size]
+        following = SortKey((rows[-1]["added_at"].isoformat(), rows[-1]["user_id"]))
+    return list(rows), following
 
 
 async def set_member(pool: asyncpg.Pool, caller: Caller, collection: str, user_id: str, role: str) -> asyncpg.Record:

@@ -37,6 +37,41 @@ class PageCursor:
             return None
 
 
+@dataclass(frozen=True)
+class SortKey:
+    """Where the next page starts in an ascending ordering on several columns (e.g. name, then id); opaque
+    to clients. Values are JSON scalars."""
+
+    values: tuple[object, ...]
+
+    def encode(self) -> str:
+        raw = json.dumps(list(self.values)).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str, arity: int) -> SortKey | None:
+        try:
+            values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        except ValueError:
+            return None
+        if not isinstance(values, list) or len(values) != arity \
+                or not all(isinstance(value, str | int | bool) for value in values):
+            return None
+        return cls(tuple(values))
+
+
+def sort_key_request(page_size: int, page_token: str, arity: int) -> tuple[int, SortKey | None]:
+    """Validated (page size, cursor) of a List request ordered on `arity` columns."""
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
+    cursor = None
+    if page_token:
+        cursor = SortKey.decode(page_token, arity)
+        if cursor is None:
+            raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID")
+    return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE), cursor
+
+
 def page_request(page_size: int, page_token: str) -> tuple[int, PageCursor | None]:
     """Validated (page size, cursor) of a List request; INVALID_ARGUMENT with a reason otherwise."""
     if page_size < 0:

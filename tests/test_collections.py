@@ -258,3 +258,38 @@ async def test_collections_and_members_come_in_pages(client) -> None:
     assert [m["email"] for m in first["members"] + second["members"]] == [owner.email, guest.email]
     assert second["next_page_token"] is None
 
+
+
+async def test_migration_puts_existing_documents_in_their_uploaders_personal_collections(backing) -> None:
+    """A database from before collections, with documents: after migration 0006 each uploader has a personal
+    collection holding their documents, as its owner, and the same bytes may then live in two collections."""
+    from services.runtime.db import load_migrations
+    from tests.conftest import create_database
+
+    url = await create_database(backing.database_url, migrated=False)
+    conn = await asyncpg.connect(url)
+    try:
+        before, collections_sql = [], None
+        for migration in load_migrations("ingest"):
+            if migration.name == "collections":
+                collections_sql = migration.sql
+                break
+            before.append(migration.sql)
+        assert collections_sql is not None
+        for sql in before:
+            await conn.execute(sql)
+        users = ("u1", "5d2e8f8a-1b7c-4a0e-8f5e-3c9d2a1b0c4d")
+        for user, sha in ((users[0], "a" * 64), (users[0], "b" * 64), (users[1], "a" * 64)):
+            await conn.execute(
+                """INSERT INTO documents (id, user_id, filename, mime_type, file_size, sha256)
+                   VALUES ($1, $2, 'f.txt', 'text/plain', 1, $3)""", uuid.uuid4(), user, sha)
+        await conn.execute(collections_sql)
+        rows = await conn.fetch("SELECT user_id, collection_id FROM documents")
+        assert {str(row["collection_id"]) for row in rows if row["user_id"] == "u1"} == {personal_collection_id("u1")}
+        owners = await conn.fetch("""SELECT c.id, c.personal, m.user_id, m.role FROM collections c
+                                     JOIN collection_members m ON m.collection_id = c.id""")
+        assert {(str(row["id"]), row["personal"], row["user_id"], row["role"]) for row in owners} == {
+            (personal_collection_id(user), True, user, "owner") for user in users}
+        assert await conn.fetchval("SELECT count(*) FROM documents WHERE collection_id IS NULL") == 0
+    finally:
+        await conn.close()

@@ -106,9 +106,10 @@ async def require_role(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller, 
     collection_id = parse_id(collection)
     if collection_id is None:
         raise collection_not_found(collection)
-    if collection_id == personal_collection_id(caller.user_id) and caller.allows(collection_id):
-        await ensure_personal(conn, caller.user_id)
     role = await role_of(conn, caller, collection_id)
+    if role is None and collection_id == personal_collection_id(caller.user_id) and caller.allows(collection_id):
+        await ensure_personal(conn, caller.user_id)  # first use: one write per user, ever
+        role = await role_of(conn, caller, collection_id)
     if role is None:
         raise collection_not_found(collection)
     if _RANK[needed] > _RANK[VIEWER] and not caller.can_write:

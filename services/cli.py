@@ -25,11 +25,11 @@ def _user_id_for_email(settings: Settings, email: str) -> str:
     import asyncio
 
     from services.gateway.accounts import user_id_for_email
+    from services.runtime.embedded import resolve_backing_urls
 
-    if not settings.database_url:
-        raise SystemExit("docent: --email needs the accounts database: set DOCENT_DATABASE_URL (`docent up` "
-                         "prints it), or use --api-key")
-    user_id = asyncio.run(user_id_for_email(settings.database_url, email))
+    # the accounts database: DOCENT_DATABASE_URL, else the embedded one `docent up` runs for this data dir
+    database_url = resolve_backing_urls(settings, redis=False).database_url or ""
+    user_id = asyncio.run(user_id_for_email(database_url, email))
     if user_id is None:
         raise SystemExit(f"docent: no account with the email {email!r}")
     return user_id

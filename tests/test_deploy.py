@@ -36,6 +36,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import SecretStr
 
 from services import cli
 from services.runtime.config import ENV_PREFIX, Settings
@@ -56,6 +57,40 @@ APP_ROLES = ("gateway", *SERVICE_ROLES, "worker", "migrate")
 SETTINGS_ENV_NAMES = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 # variables docker compose itself reads from .env
 COMPOSE_OWN_VARIABLES = {"COMPOSE_PROFILES"}
+# Every Settings field is one of three in docker-compose.yml (test_compose_forwards_every_setting): forwarded
+# as ${DOCENT_X:-<the Settings default>} (and listed in .env.example), or in one of these two allow-lists.
+# Set by compose to a value of its own layout (a literal in x-docent-env; environment wins over env_file, so
+# .env cannot contradict it):
+COMPOSE_SETS_ITSELF = {
+    # its postgres, redis and qdrant services, by their compose names
+    "DOCENT_DATABASE_URL", "DOCENT_REDIS_URL", "DOCENT_QDRANT_URL",
+    # reachable from the other containers
+    "DOCENT_BIND_HOST",
+    # the container ports the healthchecks, the targets and the gateway's host port mapping use
+    "DOCENT_GATEWAY_PORT", "DOCENT_INGEST_PORT", "DOCENT_RETRIEVAL_PORT", "DOCENT_CHAT_PORT",
+    "DOCENT_INGEST_METRICS_PORT", "DOCENT_RETRIEVAL_METRICS_PORT", "DOCENT_CHAT_METRICS_PORT",
+    "DOCENT_WORKER_METRICS_PORT",
+    # the other services by their compose names (dns:/// + round robin over scaled containers)
+    "DOCENT_INGEST_TARGET", "DOCENT_RETRIEVAL_TARGET", "DOCENT_CHAT_TARGET",
+    # a tmpfs in read-only containers
+    "DOCENT_DATA_DIR",
+    # docker's log drivers collect stdout: one JSON object a line
+    "DOCENT_LOG_FORMAT",
+    # no sweeper container: every worker container runs it (and it serves the worker's /metrics, its healthcheck)
+    "DOCENT_WORKER_SWEEPER",
+}
+# Not in the compose environment at all (a value put in .env still reaches the containers through env_file):
+COMPOSE_LEAVES_OUT = {
+    # `docent up` (the supervisor) only: compose runs each role in a container of its own, restarted by docker
+    "DOCENT_SUPERVISOR_METRICS_PORT", "DOCENT_RESTART_BACKOFF_MAX_SECONDS", "DOCENT_RESTART_HEALTHY_SECONDS",
+    "DOCENT_RESTART_CRASH_LOOP", "DOCENT_RESTART_CRASH_WINDOW_SECONDS",
+    # an int or unset: ${DOCENT_EMBEDDING_DIMENSIONS:-} would hand Settings an empty string, which it refuses
+    "DOCENT_EMBEDDING_DIMENSIONS",
+}
+# OpenTelemetry's own variables (services/runtime/tracing.py) that compose forwards and the chart's
+# `tracing` values set; OTEL_SERVICE_NAME is left to the code (docent-<role>)
+TRACING_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER",
+                     "OTEL_TRACES_SAMPLER_ARG", "OTEL_RESOURCE_ATTRIBUTES")
 
 
 # --- loading --------------------------------------------------------------------------------------------
@@ -138,6 +173,9 @@ VALUE_SETS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
                    ("ports.metrics.worker", "7054"))),
     "prod+keda": (("values-prod.yaml",), (("keda.enabled", "true"), ("keda.redisPasswordSecret.name", "redis-auth"),
                                           ("networkPolicy.operatorCommandsFromGateway", "false"))),
+    "tracing": ((), (*TEST_SECRET_VALUES.items(), ("tracing.endpoint", "http://otel-collector.monitoring.svc:4318"),
+                     ("tracing.protocol", "grpc"), ("tracing.sampler", "parentbased_traceidratio"),
+                     ("tracing.samplerArg", "0.25"), ("tracing.resourceAttributes", "deployment.environment=test"))),
 }
 
 
@@ -449,6 +487,157 @@ def test_compose_variables_are_documented_in_env_example() -> None:
     assert used <= documented, f"used in docker-compose.yml, missing from .env.example: {sorted(used - documented)}"
     unused = documented - used - COMPOSE_OWN_VARIABLES
     assert not unused, f".env.example documents variables docker-compose.yml does not use: {sorted(unused)}"
+
+
+def _comparable(value: Any) -> Any:
+    return (value.get_secret_value() or None) if isinstance(value, SecretStr) else value
+
+
+def test_compose_forwards_every_setting(monkeypatch) -> None:
+    # a new Settings field fails here until docker-compose.yml forwards it (and .env.example lists it) or it
+    # joins COMPOSE_SETS_ITSELF / COMPOSE_LEAVES_OUT with the reason
+    assert not COMPOSE_SETS_ITSELF & COMPOSE_LEAVES_OUT
+    stale = (COMPOSE_SETS_ITSELF | COMPOSE_LEAVES_OUT) - SETTINGS_ENV_NAMES
+    assert not stale, f"allow-listed names that are no setting: {sorted(stale)}"
+    raw_env = yaml.safe_load(COMPOSE_FILE.read_text())["x-docent-env"]
+    compose, _ = load_compose()
+    for name, spec in compose_app_services(compose).items():
+        assert set(spec["environment"]) == set(raw_env), f"{name} does not get the shared environment"
+    example = read_env_file(ENV_EXAMPLE)
+    defaults = settings_from({}, monkeypatch)
+    forwarded: set[str] = set()
+    for name in sorted(SETTINGS_ENV_NAMES):
+        field = name.removeprefix(ENV_PREFIX).lower()
+        if name in COMPOSE_LEAVES_OUT:
+            assert name not in raw_env, f"{name} is in COMPOSE_LEAVES_OUT but docker-compose.yml sets it"
+            continue
+        assert name in raw_env, f"docker-compose.yml neither forwards {name} nor says why (COMPOSE_SETS_ITSELF/_LEAVES_OUT)"
+        value = str(raw_env[name])
+        if name in COMPOSE_SETS_ITSELF:
+            assert "${" + name not in value, f"{name} is in COMPOSE_SETS_ITSELF but forwarded: {value}"
+            continue
+        match = re.fullmatch(r"\$\{" + name + r"(?::-(?P<default>[^}]*)|:\?[^}]+)\}", value)
+        assert match, f"{name}: expected ${{{name}:-<default>}}, found {value!r}"
+        forwarded.add(name)
+        if match.group("default") is None:  # required (${X:?...}): the JWT secret
+            assert name == "DOCENT_JWT_SECRET"
+            continue
+        default = match.group("default")
+        with monkeypatch.context() as patch:
+            configured = settings_from({name: default}, patch)
+        assert _comparable(getattr(configured, field)) == _comparable(getattr(defaults, field)), (
+            f"{name}: compose's default {default!r} is not the Settings default {getattr(defaults, field)!r}")
+        assert example.get(name) == default, f".env.example: {name}={example.get(name)!r}, compose's default {default!r}"
+    assert "DOCENT_JWT_SECRET" in forwarded
+    assert len(forwarded) + len(COMPOSE_SETS_ITSELF) + len(COMPOSE_LEAVES_OUT) == len(SETTINGS_ENV_NAMES)
+
+
+def test_compose_passes_tracing_variables_off_by_default() -> None:
+    raw_env = yaml.safe_load(COMPOSE_FILE.read_text())["x-docent-env"]
+    for variable in TRACING_VARIABLES:
+        assert re.fullmatch(r"\$\{" + variable + r":-[^}]*\}", raw_env[variable]), raw_env[variable]
+    assert "OTEL_SERVICE_NAME" not in raw_env  # the code names each process docent-<role>
+    assert 'f"docent-{role}"' in (REPO / "services" / "runtime" / "tracing.py").read_text()
+    # .env.example and no .env at all: the endpoint is empty, tracing off
+    for env in (read_env_file(ENV_EXAMPLE), {"DOCENT_JWT_SECRET": "x" * 32}):
+        compose, _ = load_compose(env)
+        for spec in compose_app_services(compose).values():
+            assert spec["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == ""
+            # the SDK's defaults (an empty sampler name would make it warn at every start)
+            assert spec["environment"]["OTEL_TRACES_SAMPLER"] == "parentbased_always_on"
+            assert spec["environment"]["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    # set in .env: every Docent container gets them
+    wanted = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+              "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1",
+              "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=staging"}
+    compose, _ = load_compose({**read_env_file(ENV_EXAMPLE), **wanted})
+    app = compose_app_services(compose)
+    assert set(app) == set(APP_ROLES)
+    for name, spec in app.items():
+        assert {key: spec["environment"][key] for key in wanted} == wanted, name
+
+
+def test_k8s_pods_get_tracing_variables_only_when_set() -> None:
+    assert set(yaml.safe_load((CHART / "values.yaml").read_text())["tracing"]) == {
+        "endpoint", "protocol", "sampler", "samplerArg", "resourceAttributes"}
+    def pods(value_set: str) -> list[dict[str, Any]]:
+        return k8s_objects("Deployment", value_set) + k8s_objects("Job", value_set)
+
+    for value_set in ("default", "dev", "prod", "ports"):
+        for config in k8s_objects("ConfigMap", value_set):
+            assert not [key for key in config["data"] if key.startswith("OTEL_")], (value_set, config["metadata"])
+        for obj in pods(value_set):
+            assert not [item for item in only_container(obj).get("env", []) if item["name"].startswith("OTEL_")]
+    expected = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.monitoring.svc:4318",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.25", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test"}
+    assert set(expected) == set(TRACING_VARIABLES)
+    configs = {obj["metadata"]["name"]: obj["data"] for obj in k8s_objects("ConfigMap", "tracing")}
+    tracing_pods = pods("tracing")
+    assert {obj["metadata"]["name"] for obj in tracing_pods} == {"gateway", *SERVICE_ROLES, "worker", "migrate"}
+    for obj in tracing_pods:  # every Docent pod reads a ConfigMap through envFrom (test_every_k8s_pod_gets_...)
+        (config_name,) = [source["configMapRef"]["name"] for source in only_container(obj)["envFrom"]
+                          if "configMapRef" in source]
+        otel = {key: value for key, value in configs[config_name].items() if key.startswith("OTEL_")}
+        assert otel == expected, obj["metadata"]["name"]  # no OTEL_SERVICE_NAME: the code's docent-<role>
+    # the chart's defaults are the SDK's (an endpoint alone: http/protobuf, parentbased_always_on, no arg)
+    alone = helm_template((), (*TEST_SECRET_VALUES.items(), ("tracing.endpoint", "http://collector:4318")))
+    config = [doc for doc in yaml.safe_load_all(alone.stdout) if doc and doc["metadata"]["name"] == "docent-config"]
+    assert {key: value for key, value in config[0]["data"].items() if key.startswith("OTEL_")} == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+    # values.schema.json refuses what the SDK would not understand
+    for key, bad in (("tracing.endpoint", "otel-collector:4318"), ("tracing.protocol", "http/json"),
+                     ("tracing.sampler", "sometimes"), ("tracing.samplerArg", "1.5"), ("tracing.enabled", "true"),
+                     ("tracing.resourceAttributes", "no-equals-sign")):
+        result = helm_template((), (*TEST_SECRET_VALUES.items(), ("tracing.endpoint", "http://c:4318"), (key, bad)),
+                               check=False)
+        assert result.returncode != 0 and "tracing" in result.stderr, (key, bad, result.stderr)
+
+
+def test_k8s_chart_takes_every_setting_through_config_or_the_secret(tmp_path, monkeypatch) -> None:
+    # the chart sets some DOCENT_* itself, the Secret carries the secrets, `config` takes every other setting
+    secret_fields = {ENV_PREFIX + name.upper() for name, field in Settings.model_fields.items()
+                     if "SecretStr" in str(field.annotation)}
+    secret_urls = {"DOCENT_DATABASE_URL", "DOCENT_REDIS_URL", "DOCENT_QDRANT_URL"}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart_set = set(k8s_object("ConfigMap", "docent-config")["data"]) - set(values["config"])
+    # a chart-created Secret can hold every secret setting: one secret.<camelCase> value each
+    camel = {name: re.sub(r"_(\w)", lambda m: m.group(1).upper(), name.removeprefix(ENV_PREFIX).lower())
+             for name in secret_fields | secret_urls}
+    camel["DOCENT_JWT_SECRET"] = "jwtSecret"
+    assert set(values["secret"]) == set(camel.values()), "secret.* and the secret settings differ"
+    pairs = {f"secret.{key}": TEST_SECRET_VALUES.get(f"secret.{key}", f"test-{key}") for key in camel.values()}
+    created = helm_template((), tuple(pairs.items()))
+    (secret,) = [doc for doc in yaml.safe_load_all(created.stdout) if doc and doc["kind"] == "Secret"]
+    assert set(secret["stringData"]) == secret_fields | secret_urls
+    # a secret in `config` (a ConfigMap) is refused, and so is a name the chart sets
+    for name in sorted(secret_fields | secret_urls):
+        result = helm_template((), (*TEST_SECRET_VALUES.items(), (f"config.{name}", "x")), check=False)
+        assert result.returncode != 0 and "is a secret" in result.stderr, name
+    for name in sorted(chart_set):
+        result = helm_template((), (*TEST_SECRET_VALUES.items(), (f"config.{name}", "1")), check=False)
+        assert result.returncode != 0 and "set by the chart" in result.stderr, name
+    # every other setting goes through `config`: all of them at their defaults render and validate
+    defaults = settings_from({}, monkeypatch)
+    # less `docent up`'s own port (the supervisor does not run in a cluster; the chart refuses any *_PORT in config)
+    rest = SETTINGS_ENV_NAMES - secret_fields - secret_urls - chart_set - {"DOCENT_SUPERVISOR_METRICS_PORT"}
+    config: dict[str, str] = {}
+    for name in sorted(rest):
+        value = getattr(defaults, name.removeprefix(ENV_PREFIX).lower())
+        if value is None:
+            continue  # unset (DOCENT_EMBEDDING_DIMENSIONS, the *_BASE_URL ...): nothing to write
+        config[name] = ",".join(value) if isinstance(value, list) else str(value).lower() if isinstance(
+            value, bool) else str(value)
+    values_file = tmp_path / "all-settings.yaml"
+    values_file.write_text(yaml.safe_dump({"config": config}))
+    every = helm_template((str(values_file),), tuple(TEST_SECRET_VALUES.items()))
+    (data,) = [doc["data"] for doc in yaml.safe_load_all(every.stdout) if doc and doc["metadata"]["name"] == "docent-config"]
+    assert config.items() <= data.items()
+    configured = settings_from({**data, **TEST_SECRET_ENV}, monkeypatch)
+    for name in config:
+        field = name.removeprefix(ENV_PREFIX).lower()
+        assert getattr(configured, field) == getattr(defaults, field), name
 
 
 def test_jwt_secret_is_required_and_shared_in_compose() -> None:

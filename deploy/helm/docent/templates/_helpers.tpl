@@ -38,12 +38,34 @@ DOCENT_INGEST_TARGET: {{ printf "dns:///ingest-headless:%v" .Values.ports.ingest
 DOCENT_RETRIEVAL_TARGET: {{ printf "dns:///retrieval-headless:%v" .Values.ports.retrieval | quote }}
 DOCENT_CHAT_TARGET: {{ printf "dns:///chat-headless:%v" .Values.ports.chat | quote }}
 DOCENT_MAX_UPLOAD_BYTES: {{ .Values.maxUploadBytes | int64 | toString | quote }}
-{{- $managed := list "DOCENT_BIND_HOST" "DOCENT_DATA_DIR" "DOCENT_MAX_UPLOAD_BYTES" }}
+DOCENT_WORKER_SWEEPER: "true"
+{{- $managed := list "DOCENT_BIND_HOST" "DOCENT_DATA_DIR" "DOCENT_MAX_UPLOAD_BYTES" "DOCENT_WORKER_SWEEPER" }}
+{{- $secret := list "DOCENT_JWT_SECRET" "DOCENT_WEBHOOK_SECRET" "DOCENT_DATABASE_URL" "DOCENT_REDIS_URL" "DOCENT_QDRANT_URL" }}
 {{- range $name, $value := .Values.config }}
 {{- if or (has $name $managed) (hasSuffix "_PORT" $name) (hasSuffix "_TARGET" $name) }}
 {{- fail (printf "config.%s is set by the chart: use ports.* / maxUploadBytes" $name) }}
 {{- end }}
+{{- if or (has $name $secret) (hasSuffix "_API_KEY" $name) }}
+{{- fail (printf "config.%s is a secret: put it in the Secret (existingSecret or secret.*), not the ConfigMap" $name) }}
+{{- end }}
 {{ $name }}: {{ $value | toString | quote }}
+{{- end }}
+{{- with .Values.tracing }}
+{{- if .endpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ .endpoint | quote }}
+{{- with .protocol }}
+OTEL_EXPORTER_OTLP_PROTOCOL: {{ . | quote }}
+{{- end }}
+{{- with .sampler }}
+OTEL_TRACES_SAMPLER: {{ . | quote }}
+{{- end }}
+{{- if ne (toString .samplerArg) "" }}
+OTEL_TRACES_SAMPLER_ARG: {{ .samplerArg | toString | quote }}
+{{- end }}
+{{- with .resourceAttributes }}
+OTEL_RESOURCE_ATTRIBUTES: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 

@@ -511,7 +511,8 @@ def test_compose_forwards_every_setting(monkeypatch) -> None:
         if name in COMPOSE_LEAVES_OUT:
             assert name not in raw_env, f"{name} is in COMPOSE_LEAVES_OUT but docker-compose.yml sets it"
             continue
-        assert name in raw_env, f"docker-compose.yml neither forwards {name} nor says why (COMPOSE_SETS_ITSELF/_LEAVES_OUT)"
+        assert name in raw_env, (f"docker-compose.yml neither forwards {name} nor says why "
+                                 "(COMPOSE_SETS_ITSELF / COMPOSE_LEAVES_OUT)")
         value = str(raw_env[name])
         if name in COMPOSE_SETS_ITSELF:
             assert "${" + name not in value, f"{name} is in COMPOSE_SETS_ITSELF but forwarded: {value}"
@@ -527,7 +528,8 @@ def test_compose_forwards_every_setting(monkeypatch) -> None:
             configured = settings_from({name: default}, patch)
         assert _comparable(getattr(configured, field)) == _comparable(getattr(defaults, field)), (
             f"{name}: compose's default {default!r} is not the Settings default {getattr(defaults, field)!r}")
-        assert example.get(name) == default, f".env.example: {name}={example.get(name)!r}, compose's default {default!r}"
+        assert example.get(name) == default, (
+            f".env.example: {name}={example.get(name)!r}, compose's default {default!r}")
     assert "DOCENT_JWT_SECRET" in forwarded
     assert len(forwarded) + len(COMPOSE_SETS_ITSELF) + len(COMPOSE_LEAVES_OUT) == len(SETTINGS_ENV_NAMES)
 
@@ -632,7 +634,8 @@ def test_k8s_chart_takes_every_setting_through_config_or_the_secret(tmp_path, mo
     values_file = tmp_path / "all-settings.yaml"
     values_file.write_text(yaml.safe_dump({"config": config}))
     every = helm_template((str(values_file),), tuple(TEST_SECRET_VALUES.items()))
-    (data,) = [doc["data"] for doc in yaml.safe_load_all(every.stdout) if doc and doc["metadata"]["name"] == "docent-config"]
+    (data,) = [doc["data"] for doc in yaml.safe_load_all(every.stdout)
+               if doc and doc["metadata"]["name"] == "docent-config"]
     assert config.items() <= data.items()
     configured = settings_from({**data, **TEST_SECRET_ENV}, monkeypatch)
     for name in config:

@@ -303,3 +303,19 @@ async def test_owners_names_who_holds_point_ids(store) -> None:
     assert await store.owners(Source.DOCUMENTS, [chunk_point_id("doc-1", 0), chunk_point_id("doc-2", 0)]) == {"alice"}
     assert await store.owners(Source.CHAT_HISTORY, [turn_point_id("t-1")]) == {"bob"}
     assert await store.owners(Source.CHAT_HISTORY, [turn_point_id("t-2")]) == set()
+
+
+def test_bm25_matches_japanese_and_leaves_other_text_as_it_was() -> None:
+    """CJK runs become character bigrams, so a Japanese question shares terms with its passage; text
+    without CJK characters gets exactly the vector it had before."""
+    import qdrant_edge as qe
+
+    question = sparse.query_vector("データの読み込み方法を教えてください")
+    passage = sparse.document_vector("Rでデータを読み込むには read.table 関数を使います。")
+    unrelated = sparse.document_vector("パスワードを変更するには設定画面を開きます。")
+    assert len(set(question.indices) & set(passage.indices)) >= 3
+    assert len(set(question.indices) & set(passage.indices)) > len(set(question.indices) & set(unrelated.indices))
+    plain = qe.Bm25()
+    for text in ("How do I read data files into R?", "Die Datei wird mit read.csv gelesen.", "l'été dernier"):
+        before = plain.embed_document(text)
+        assert sparse.document_vector(text) == sparse.SparseVector(list(before.indices), list(before.values))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from services.chat.text import normalise_space, shorten
+from services.runtime.ids import parse_uuid
 from services.runtime.pagination import PageCursor
 
 TITLE_CHARS = 80
@@ -35,13 +36,6 @@ class Owner:
 TURN_COLUMNS = """id, conversation_id, user_id, seq, query, standalone_query, answer, sources, context,
                   chat_context_used, model, retrieval_ms, answer_ms, storage_ms, total_ms, vector_id,
                   memory_indexed_at, created_at, history_turn_ids"""
-
-
-def parse_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        return None
 
 
 def derive_title(query: str) -> str:

@@ -11,6 +11,7 @@ from services.ingest import collections
 from services.ingest.collections import Caller
 from services.runtime.call_context import current_identity
 from services.runtime.errors import InvalidArgument
+from services.runtime.ids import parse_uuid
 from services.runtime.pagination import sort_key_request
 
 ROLE_TO_PB = {collections.VIEWER: ingest_pb2.COLLECTION_ROLE_VIEWER,
@@ -62,7 +63,7 @@ class CollectionMethods:
         caller = _caller()
         full = request.view == ingest_pb2.COLLECTION_VIEW_FULL
         if request.collection_ids:  # these, each readable, in one page
-            wanted = [collections.parse_id(value) for value in request.collection_ids]
+            wanted = [parse_uuid(value) for value in request.collection_ids]
             rows, _ = await collections.listing(self.pool, caller, full=full,
                                                 only=[ident for ident in wanted if ident is not None])
             found = {row["id"] for row in rows}

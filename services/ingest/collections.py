@@ -25,6 +25,7 @@ import asyncpg
 from services.runtime import names
 from services.runtime.auth import Identity
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.runtime.ids import parse_uuid
 from services.runtime.pagination import SortKey
 
 VIEWER, EDITOR, OWNER = "viewer", "editor", "owner"
@@ -37,13 +38,6 @@ MAX_MEMBERS = 1000
 
 def personal_collection_id(user_id: str) -> uuid.UUID:
     return uuid.UUID(names.personal_collection_id(user_id))
-
-
-def parse_id(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        return None
 
 
 def collection_not_found(collection_id: str) -> NotFound:
@@ -65,7 +59,7 @@ class Caller:
         key = identity.key
         scope = None
         if key is not None and key.collections is not None:
-            scope = frozenset(ident for value in key.collections if (ident := parse_id(value)) is not None)
+            scope = frozenset(ident for value in key.collections if (ident := parse_uuid(value)) is not None)
         return cls(identity.user_id, scope, identity.can_write)
 
     def allows(self, collection_id: uuid.UUID) -> bool:
@@ -103,7 +97,7 @@ async def require_role(conn: asyncpg.Connection | asyncpg.Pool, caller: Caller, 
                        needed: str) -> uuid.UUID:
     """The collection's id, if the caller holds at least `needed` in it; NOT_FOUND when they cannot read
     it at all, PERMISSION_DENIED when they can but not enough (or their API key is read-only)."""
-    collection_id = parse_id(collection)
+    collection_id = parse_uuid(collection)
     if collection_id is None:
         raise collection_not_found(collection)
     role = await role_of(conn, caller, collection_id)

@@ -15,6 +15,7 @@ from docent.v1 import ingest_pb2
 from services.ingest import collections, states
 from services.ingest.collections import Caller
 from services.ingest.states import Status
+from services.runtime.ids import parse_uuid
 from services.runtime.names import CHUNKS_COLLECTION
 from services.runtime.pagination import PageCursor, timestamp
 
@@ -114,13 +115,6 @@ def state_key(row: asyncpg.Record) -> tuple[object, ...]:
     return (row["status"], row["stage"], row["pages_done"], row["pages_total"], row["chunks_done"],
             row["chunks_total"], row["error"], row["error_reason"], row["attempts"], row["version"],
             row["pending_version"])
-
-
-def parse_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        return None
 
 
 async def insert(conn: asyncpg.Connection, *, user_id: str, collection_id: uuid.UUID, filename: str, mime_type: str,

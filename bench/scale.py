@@ -17,7 +17,7 @@ import psutil
 
 from bench import corpus
 from bench.stats import summary
-from services.retrieval.store import ChunkRecord, SearchFilters, Source, VectorStore
+from services.retrieval.store import ChunkRecord, EmbeddingSpace, SearchFilters, Source, VectorStore
 
 DIMENSION = 384
 USERS = 50
@@ -48,7 +48,7 @@ async def measure(kind: str, sizes: list[int]) -> list[dict]:
     rows: list[dict] = []
     baseline = rss_mb()
     try:
-        await store.open(DIMENSION)
+        await store.open(EmbeddingSpace("random-vectors", DIMENSION))
         loaded = 0
         queries = corpus.random_unit_vectors(QUERIES, DIMENSION, seed=99)
         for size in sizes:

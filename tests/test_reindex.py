@@ -15,6 +15,7 @@ from services.ingest.app import ingest_service
 from services.ingest.collections import ensure_personal
 from services.reindex import reindex
 from services.retrieval.app import retrieval_service
+from services.retrieval.store import EmbeddingSpace
 from services.retrieval.store_edge import DENSE, EdgeStore
 from services.runtime import db
 from services.runtime.errors import error_info
@@ -33,7 +34,7 @@ async def test_reindex_rebuilds_collections_and_requeues_documents_and_turns(bac
         # a store built for another model: 8-d vectors
         vectors = settings.data_dir / "vectors"
         old = EdgeStore(vectors)
-        await old.open(8)
+        await old.open(EmbeddingSpace("another-model", 8))
         await old.close()
         completed, failed = uuid.uuid4(), uuid.uuid4()
         collection_id = await ensure_personal(pool, "u")
@@ -102,20 +103,21 @@ async def test_a_replica_sees_the_index_another_replica_rebuilt(tmp_path, embedd
 
     from services.retrieval.rerank import RerankStage
     from services.retrieval.servicer import RetrievalServicer
-    from services.retrieval.store import DimensionMismatch
+    from services.retrieval.store import EmbeddingSpace, EmbeddingSpaceMismatch
     from services.retrieval.store_qdrant import QdrantServerStore
 
     store = QdrantServerStore(AsyncQdrantClient(path=str(tmp_path / "qdrant")))
     try:
-        await store.open(8)  # built for another model
-        with pytest.raises(DimensionMismatch) as mismatch:
-            await store.open(embedder.dimension)
+        await store.open(EmbeddingSpace("another-model", 8))  # built for another model
+        with pytest.raises(EmbeddingSpaceMismatch) as mismatch:
+            await store.open(EmbeddingSpace(embedder.model_name, embedder.dimension))
         settings = make_settings(data_dir=tmp_path)
         replica = RetrievalServicer(settings, store, embedder, RerankStage.from_settings(settings),
                                     stale_index=str(mismatch.value))
         await replica.recheck_stale_index()
         assert replica.stale_index  # nothing rebuilt yet
-        await store.reset(embedder.dimension)  # what ResetIndex did on another replica
+        # what ResetIndex did on another replica
+        await store.reset(EmbeddingSpace(embedder.model_name, embedder.dimension))
         await replica.recheck_stale_index()
         assert replica.stale_index == ""
     finally:

@@ -9,7 +9,8 @@ from qdrant_client import AsyncQdrantClient
 from services.retrieval import sparse
 from services.retrieval.store import (
     ChunkRecord,
-    DimensionMismatch,
+    EmbeddingSpace,
+    EmbeddingSpaceMismatch,
     SearchFilters,
     Source,
     TurnRecord,
@@ -20,6 +21,7 @@ from services.retrieval.store_edge import EdgeStore
 from services.retrieval.store_qdrant import QdrantServerStore
 
 DIM = 16
+SPACE = EmbeddingSpace("test-model", DIM)
 
 
 def unit(seed: int) -> list[float]:
@@ -48,7 +50,7 @@ def make_store(kind: str, path):
 @pytest.fixture(params=["edge", "qdrant-client"])
 async def store(request, tmp_path):
     instance = make_store(request.param, tmp_path)
-    await instance.open(DIM)
+    await instance.open(SPACE)
     yield instance
     await instance.close()
 
@@ -136,24 +138,77 @@ async def test_min_score_and_hybrid_keyword_match(store) -> None:
 async def test_dimension_mismatch_is_a_clear_error(tmp_path) -> None:
     for kind in ("edge", "qdrant-client"):
         first = make_store(kind, tmp_path / kind)
-        await first.open(DIM)
+        await first.open(SPACE)
         await first.close()
         second = make_store(kind, tmp_path / kind)
-        with pytest.raises(DimensionMismatch, match="docent reindex"):
-            await second.open(DIM * 2)
+        with pytest.raises(EmbeddingSpaceMismatch, match="docent reindex"):
+            await second.open(EmbeddingSpace("test-model", DIM * 2))
         await second.close()
+
+
+async def test_another_model_of_the_same_dimension_is_refused(tmp_path) -> None:
+    """all-MiniLM-L6-v2 and multilingual-e5-small both give 384-d vectors: a store built by one must not
+    silently take the other's queries and chunks."""
+    for kind in ("edge", "qdrant-client"):
+        first = make_store(kind, tmp_path / kind)
+        await first.open(SPACE)
+        await first.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(0, 0)])
+        await first.close()
+        second = make_store(kind, tmp_path / kind)
+        with pytest.raises(EmbeddingSpaceMismatch, match=r"built by test-model .* now other-model"):
+            await second.open(EmbeddingSpace("other-model", DIM))
+        await second.reset(EmbeddingSpace("other-model", DIM))  # what `docent reindex` does
+        assert await second.count(Source.DOCUMENTS, "alice") == 0
+        await second.close()
+        third = make_store(kind, tmp_path / kind)
+        await third.open(EmbeddingSpace("other-model", DIM))  # the rebuilt store records its new model
+        await third.close()
+
+
+async def _forget_model(store, kind: str) -> None:
+    """Make the store look as it did before stores recorded their model."""
+    if kind == "edge":
+        for source in Source:
+            (store.directory / source.collection / "embedding_model").unlink()
+    else:
+        for source in Source:
+            await store.client.update_collection(source.collection, metadata={"embedding_model": ""})
+
+
+@pytest.mark.parametrize("kind", ["edge", "qdrant-client"])
+async def test_a_store_from_before_the_record_keeps_its_model_unless_it_is_newer(tmp_path, kind) -> None:
+    """A store without a record was built by all-MiniLM-L6-v2 or an endpoint's model: the deployment's
+    configured model keeps it (and records itself), but multilingual-e5-small, added with the record,
+    cannot have built it."""
+    old = make_store(kind, tmp_path / "old")
+    await old.open(EmbeddingSpace("all-MiniLM-L6-v2", DIM))
+    await old.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(0, 0)])
+    await _forget_model(old, kind)
+    await old.close()
+    newer = make_store(kind, tmp_path / "old")
+    with pytest.raises(EmbeddingSpaceMismatch, match="built by an earlier embedding model"):
+        await newer.open(EmbeddingSpace("multilingual-e5-small", DIM))
+    await newer.close()
+    kept = make_store(kind, tmp_path / "old")
+    await kept.open(EmbeddingSpace("all-MiniLM-L6-v2", DIM))
+    assert await kept.count(Source.DOCUMENTS, "alice") == 1
+    await kept.close()
+    recorded = make_store(kind, tmp_path / "old")
+    with pytest.raises(EmbeddingSpaceMismatch, match="built by all-MiniLM-L6-v2"):
+        await recorded.open(EmbeddingSpace("text-embedding-3-small", DIM))
+    await recorded.close()
 
 
 async def test_data_survives_reopen_and_reset_empties(tmp_path) -> None:
     for kind in ("edge", "qdrant-client"):
         first = make_store(kind, tmp_path / kind)
-        await first.open(DIM)
+        await first.open(SPACE)
         await first.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(0, 0)])
         await first.close()
         second = make_store(kind, tmp_path / kind)
-        await second.open(DIM)
+        await second.open(SPACE)
         assert await second.count(Source.DOCUMENTS, "alice") == 1
-        await second.reset(DIM * 2)
+        await second.reset(EmbeddingSpace("test-model", DIM * 2))
         assert await second.count(Source.DOCUMENTS, "alice") == 0
         await second.close()
 

@@ -14,7 +14,7 @@ import structlog
 from docent.v1 import retrieval_pb2_grpc
 from services.retrieval.rerank import RerankStage
 from services.retrieval.servicer import RetrievalServicer
-from services.retrieval.store import DimensionMismatch, VectorStore
+from services.retrieval.store import EmbeddingSpace, EmbeddingSpaceMismatch, VectorStore
 from services.retrieval.stores import create_store
 from services.runtime.config import Settings
 from services.runtime.embeddings import Embedder, create_embedder
@@ -51,8 +51,8 @@ async def build_retrieval_service(settings: Settings, embedder: Embedder | None 
         stack.push_async_callback(store.close)
         stale_index = ""
         try:
-            await store.open(embedder.dimension)
-        except DimensionMismatch as error:
+            await store.open(EmbeddingSpace(embedder.model_name, embedder.dimension))
+        except EmbeddingSpaceMismatch as error:
             # serve anyway, so that an operator can rebuild it through ResetIndex (`docent reindex`); until
             # then searches and writes answer FAILED_PRECONDITION / INDEX_REBUILD_REQUIRED
             stale_index = str(error)

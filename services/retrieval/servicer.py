@@ -19,7 +19,8 @@ from services.retrieval.merge import MergedItem, Weights, merge
 from services.retrieval.rerank import RerankStage
 from services.retrieval.store import (
     ChunkRecord,
-    DimensionMismatch,
+    EmbeddingSpace,
+    EmbeddingSpaceMismatch,
     Hit,
     SearchFilters,
     Source,
@@ -83,7 +84,7 @@ class QueryEmbeddingCache:
             texts = list(dict.fromkeys(text for text, _ in batch))
             try:
                 self.model_calls += 1
-                vectors = await asyncio.to_thread(self._embedder.embed, texts)
+                vectors = await asyncio.to_thread(self._embedder.embed_queries, texts)
             except Exception as error:  # every request of the batch gets the failure
                 for _, future in batch:
                     if not future.done():
@@ -136,6 +137,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         self.settings = settings
         self.store = store
         self.embedder = embedder
+        self.space = EmbeddingSpace(embedder.model_name, embedder.dimension)
         self.cache = QueryEmbeddingCache(embedder)
         self.rerank = rerank
         # why the store cannot serve the loaded model (vectors of another size) until ResetIndex, else ""
@@ -151,8 +153,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         if not self.stale_index or not self.store.shared:
             return
         try:
-            await self.store.open(self.embedder.dimension)
-        except DimensionMismatch:
+            await self.store.open(self.space)
+        except EmbeddingSpaceMismatch:
             return
         self.stale_index = ""
         log.warning("index_current_again", store=self.store.name, dimension=self.embedder.dimension)
@@ -161,7 +163,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
     async def ResetIndex(self, request: retrieval_pb2.ResetIndexRequest, context: grpc.aio.ServicerContext):
         require_admin()
-        await self.store.reset(self.embedder.dimension)
+        await self.store.reset(self.space)
         self.stale_index = ""
         log.warning("index_reset", store=self.store.name, model=self.embedder.model_name,
                     dimension=self.embedder.dimension)

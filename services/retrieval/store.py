@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from services.runtime.embeddings import MULTILINGUAL_MODEL_NAME
 from services.runtime.names import CHUNKS_COLLECTION
 
 TURNS_COLLECTION = "docent_chat_turns"
@@ -41,8 +42,37 @@ class Source(enum.Enum):
         return CHUNKS_COLLECTION if self is Source.DOCUMENTS else TURNS_COLLECTION
 
 
-class DimensionMismatch(RuntimeError):
+class EmbeddingSpaceMismatch(RuntimeError):
     """The store was built with another embedding model: a reindex is needed."""
+
+
+# Stores record the model that built them since multilingual-e5-small was added. A store without a
+# record was built before, by all-MiniLM-L6-v2 or an endpoint's model (kept by the deployment's own
+# settings); only models added since could not have built it.
+MODELS_NEWER_THAN_THE_RECORD = frozenset({MULTILINGUAL_MODEL_NAME})
+
+
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """What a store's dense vectors come from. Two models of one dimension give vectors that look alike
+    and mean nothing to each other, so the model is checked along with the dimension."""
+
+    model: str
+    dimension: int
+
+    def check(self, collection: str, dimension: int | None, recorded_model: str | None) -> None:
+        """Raise EmbeddingSpaceMismatch unless a collection of `dimension`-d vectors built by
+        `recorded_model` (None: built before stores recorded it) serves this space."""
+        if dimension != self.dimension:
+            raise EmbeddingSpaceMismatch(
+                f"vector collection {collection} holds {dimension}-d vectors but the embedding model "
+                f"{self.model} gives {self.dimension}-d; run `docent reindex` to rebuild it with the new model")
+        if recorded_model is None and self.model in MODELS_NEWER_THAN_THE_RECORD:
+            recorded_model = "an earlier embedding model"
+        if recorded_model is not None and recorded_model != self.model:
+            raise EmbeddingSpaceMismatch(
+                f"vector collection {collection} was built by {recorded_model} but the embedding model is now "
+                f"{self.model}; run `docent reindex` to rebuild it with the new model")
 
 
 def chunk_point_id(document_id: str, chunk_index: int, version: int = 1) -> str:
@@ -111,8 +141,9 @@ class VectorStore(Protocol):
     # other processes write the same collections (a Qdrant server behind several retrieval replicas)
     shared: bool
 
-    async def open(self, dimension: int) -> None:
-        """Create missing collections and indexes; raise DimensionMismatch on another dimension."""
+    async def open(self, space: EmbeddingSpace) -> None:
+        """Create missing collections and indexes, recording the model; raise EmbeddingSpaceMismatch when
+        they were built for another model or dimension."""
 
     async def close(self) -> None: ...
 
@@ -157,8 +188,8 @@ class VectorStore(Protocol):
 
     async def ping(self) -> bool: ...
 
-    async def reset(self, dimension: int) -> None:
-        """Drop both collections and create them anew (reindex)."""
+    async def reset(self, space: EmbeddingSpace) -> None:
+        """Drop both collections and create them anew for `space` (reindex)."""
 
 
 def write_slot(live: dict[str, object] | None, version: int, staged: bool) -> tuple[int, int]:

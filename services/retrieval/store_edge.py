@@ -20,7 +20,7 @@ from services.retrieval.store import (
     RRF_K,
     SPARSE,
     ChunkRecord,
-    DimensionMismatch,
+    EmbeddingSpace,
     Hit,
     SearchFilters,
     Source,
@@ -35,6 +35,8 @@ from services.retrieval.store import (
 )
 
 UPSERT_BATCH = 256
+# beside the engine's own files in each shard directory: the model that built the shard
+MODEL_RECORD = "embedding_model"
 HYBRID_PREFETCH = 50
 _INDEXES: dict[Source, list[tuple[str, object]]] = {
     Source.DOCUMENTS: [("document_id", qe.PayloadSchemaType.Keyword), ("collection_id", qe.PayloadSchemaType.Keyword),
@@ -122,24 +124,25 @@ class EdgeStore:
 
     # lifecycle ----------------------------------------------------------------------------------
 
-    async def open(self, dimension: int) -> None:
-        await asyncio.to_thread(self._open_sync, dimension)
+    async def open(self, space: EmbeddingSpace) -> None:
+        await asyncio.to_thread(self._open_sync, space)
 
-    def _open_sync(self, dimension: int) -> None:
+    def _open_sync(self, space: EmbeddingSpace) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         for source in Source:
             path = self._path(source)
             config_file = path / "edge_config.json"
+            record = path / MODEL_RECORD
             if config_file.exists():
                 existing = json.loads(config_file.read_text())["vectors"][DENSE]["size"]
-                if existing != dimension:
-                    raise DimensionMismatch(
-                        f"vector collection {source.collection} holds {existing}-d vectors but the embedding "
-                        f"model gives {dimension}-d; run `docent reindex` to rebuild it with the new model"
-                    )
+                space.check(source.collection, existing, record.read_text().strip() if record.exists() else None)
                 shard = qe.EdgeShard.load(str(path))
             else:
-                shard = qe.EdgeShard.create(str(path), _config(dimension))
+                shard = qe.EdgeShard.create(str(path), _config(space.dimension))
+            if not record.exists():
+                partial = record.with_suffix(".partial")
+                partial.write_text(space.model)
+                partial.replace(record)
             shard.update(qe.UpdateOperation.create_field_index("user_id", qe.KeywordIndexParams(is_tenant=True)))
             for field_name, schema in _INDEXES[source]:
                 shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
@@ -150,11 +153,11 @@ class EdgeStore:
         for shard in shards.values():
             await asyncio.to_thread(shard.close)
 
-    async def reset(self, dimension: int) -> None:
+    async def reset(self, space: EmbeddingSpace) -> None:
         await self.close()
         for source in Source:
             await asyncio.to_thread(shutil.rmtree, self._path(source), True)
-        await self.open(dimension)
+        await self.open(space)
 
     async def ping(self) -> bool:
         return len(self._shards) == len(Source)

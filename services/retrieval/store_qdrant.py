@@ -15,7 +15,7 @@ from services.retrieval.store import (
     RRF_K,
     SPARSE,
     ChunkRecord,
-    DimensionMismatch,
+    EmbeddingSpace,
     Hit,
     SearchFilters,
     Source,
@@ -31,6 +31,8 @@ from services.retrieval.store import (
 
 UPSERT_BATCH = 256
 HYBRID_PREFETCH = 50
+# collection metadata key: the model that built the collection
+MODEL_RECORD = "embedding_model"
 _INDEXES: dict[Source, list[tuple[str, models.PayloadSchemaType]]] = {
     Source.DOCUMENTS: [("document_id", models.PayloadSchemaType.KEYWORD),
                        ("collection_id", models.PayloadSchemaType.KEYWORD),
@@ -116,20 +118,19 @@ class QdrantServerStore:
     def from_url(cls, url: str, api_key: str | None = None, timeout: int = 30) -> QdrantServerStore:
         return cls(AsyncQdrantClient(url=url, api_key=api_key, timeout=timeout))
 
-    async def open(self, dimension: int) -> None:
+    async def open(self, space: EmbeddingSpace) -> None:
         for source in Source:
             name = source.collection
             if await self.client.collection_exists(name):
                 info = await self.client.get_collection(name)
                 vectors = info.config.params.vectors
                 existing = vectors[DENSE].size if isinstance(vectors, dict) and DENSE in vectors else None
-                if existing != dimension:
-                    raise DimensionMismatch(
-                        f"Qdrant collection {name} holds {existing}-d vectors but the embedding model gives "
-                        f"{dimension}-d; run `docent reindex` to rebuild it with the new model"
-                    )
+                recorded = (info.config.metadata or {}).get(MODEL_RECORD)
+                space.check(name, existing, str(recorded) if recorded else None)
+                if not recorded:
+                    await self.client.update_collection(name, metadata={MODEL_RECORD: space.model})
             else:
-                await self._create(name, dimension)
+                await self._create(name, space)
             await self.client.create_payload_index(
                 name, "user_id",
                 field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
@@ -137,12 +138,13 @@ class QdrantServerStore:
             for field_name, schema in _INDEXES[source]:
                 await self.client.create_payload_index(name, field_name, field_schema=schema)
 
-    async def _create(self, name: str, dimension: int) -> None:
+    async def _create(self, name: str, space: EmbeddingSpace) -> None:
         try:
             await self.client.create_collection(
                 name,
-                vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+                vectors_config={DENSE: models.VectorParams(size=space.dimension, distance=models.Distance.COSINE)},
                 sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                metadata={MODEL_RECORD: space.model},
             )
         except Exception:
             # another retrieval replica created it first
@@ -152,11 +154,11 @@ class QdrantServerStore:
     async def close(self) -> None:
         await self.client.close()
 
-    async def reset(self, dimension: int) -> None:
+    async def reset(self, space: EmbeddingSpace) -> None:
         for source in Source:
             if await self.client.collection_exists(source.collection):
                 await self.client.delete_collection(source.collection)
-        await self.open(dimension)
+        await self.open(space)
 
     async def ping(self) -> bool:
         await self.client.get_collections()

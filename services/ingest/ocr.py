@@ -92,6 +92,12 @@ class OcrEngine:
         try:
             import rapidocr_onnxruntime
             from rapidocr_onnxruntime import RapidOCR
+        except ModuleNotFoundError as error:
+            if error.name != "rapidocr_onnxruntime":  # opencv needs system libraries a slim image may lack
+                raise OcrUnavailable(f"rapidocr-onnxruntime cannot be imported: {error}") from None
+            # pyproject.toml installs it only below Python 3.13: no release of it supports 3.13
+            raise OcrUnavailable("rapidocr-onnxruntime is not installed (it has no release for Python 3.13 and "
+                                 "later), so scanned pages cannot be read") from None
         except ImportError as error:  # opencv needs system libraries a slim image may lack
             raise OcrUnavailable(f"rapidocr-onnxruntime cannot be imported: {error}") from None
         models = Path(rapidocr_onnxruntime.__file__).parent / "models"

@@ -234,7 +234,7 @@ class FakeLLM:
 
     base_url: str
     requests: list[dict] = field(default_factory=list)
-    mode: str = "ok"  # ok | error | slow
+    mode: str = "ok"  # ok | error | slow | strict (an older server: HTTP 400 on stream_options)
     answer: Callable[[dict], str] = lambda body: "Q3 revenue was $5M [1]."
     rewrite: str = ""
     delay: float = 2.0
@@ -255,6 +255,9 @@ def _app(fake: FakeLLM) -> FastAPI:
             return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=503)
         if fake.mode == "slow":
             await asyncio.sleep(fake.delay)
+        if fake.mode == "strict" and "stream_options" in body:
+            return JSONResponse({"error": {"message": "Unrecognized request argument supplied: stream_options",
+                                           "type": "invalid_request_error"}}, status_code=400)
         model = body.get("model", "")
         if not body.get("stream"):
             return JSONResponse({
@@ -269,7 +272,16 @@ def _app(fake: FakeLLM) -> FastAPI:
                 yield f"data: {json.dumps(chunk)}\n\n"
             done = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
+            yield f"data: {json.dumps(done)}\n\n"
+            # as OpenAI and llama.cpp's server do: usage only when asked, in a last chunk without choices
+            if (body.get("stream_options") or {}).get("include_usage"):
+                prompt = sum(len(message["content"].split()) for message in body["messages"])
+                completion = len(fake.pieces(fake.answer(body)))
+                usage = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+                         "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                                  "total_tokens": prompt + completion}}
+                yield f"data: {json.dumps(usage)}\n\n"
+            yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -327,6 +339,64 @@ async def test_llm_answerer_streams_and_sends_a_grounded_prompt() -> None:
     assert "not sources, do not cite" in final and "old answer" in final and "[4]" not in final
     assert final.endswith("Question: How does that compare to Q2?")
     assert [c.marker for c in citations("".join(pieces), request.documents) if c.cited] == [1, 2]
+
+
+def llm_counter(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_streamed_answer_asks_for_its_token_usage_and_records_it() -> None:
+    """Against a real HTTP server speaking the OpenAI streaming protocol: the request carries
+    stream_options.include_usage, the final chunk without choices does not disturb the text, and its
+    usage moves the token counters and lands on the llm.chat span."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.runtime import tracing
+
+    request = AnswerRequest(query="What is our Q3 revenue?", standalone_query="Q3 revenue", documents=blocks()[:1])
+    tracing.shutdown_tracing()
+    exporter = InMemorySpanExporter()
+    assert tracing.configure_tracing("test", exporter=exporter)
+    try:
+        async with fake_llm() as fake:
+            before = {kind: llm_counter("docent_llm_tokens_total", kind=kind) for kind in ("prompt", "completion")}
+            answerer = LLMAnswerer(llm_client(fake.base_url))
+            pieces = [piece async for piece in answerer.stream(request)]
+            await answerer.close()
+    finally:
+        tracing.shutdown_tracing()
+    assert "".join(pieces) == "Q3 revenue was $5M [1]."
+    (sent,) = fake.requests
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    prompt = sum(len(message["content"].split()) for message in sent["messages"])
+    assert llm_counter("docent_llm_tokens_total", kind="prompt") == before["prompt"] + prompt
+    assert llm_counter("docent_llm_tokens_total", kind="completion") == before["completion"] + len(pieces)
+    (span,) = [span for span in exporter.get_finished_spans() if span.name == "llm.chat"]
+    assert span.attributes["gen_ai.usage.input_tokens"] == prompt
+    assert span.attributes["gen_ai.usage.output_tokens"] == len(pieces)
+
+
+async def test_an_endpoint_that_rejects_stream_options_fails_visibly_unless_it_is_turned_off() -> None:
+    """The decision for older servers: no silent second request. The default fails as LLM_REJECTED (HTTP 400,
+    the server's message logged); a client built with stream_usage=False works and counts no tokens."""
+    request = AnswerRequest(query="q", standalone_query="q", documents=blocks()[:1])
+    async with fake_llm() as fake:
+        fake.mode = "strict"
+        answerer = LLMAnswerer(llm_client(fake.base_url))
+        with pytest.raises(Unavailable) as raised:
+            [piece async for piece in answerer.stream(request)]
+        await answerer.close()
+        assert raised.value.reason == "LLM_REJECTED" and len(fake.requests) == 1
+        before = llm_counter("docent_llm_tokens_total", kind="completion")
+        client = llm_client(fake.base_url)
+        client.stream_usage = False
+        answerer = LLMAnswerer(client)
+        assert "".join([piece async for piece in answerer.stream(request)]) == "Q3 revenue was $5M [1]."
+        await answerer.close()
+        assert "stream_options" not in fake.requests[-1] and len(fake.requests) == 2
+    assert llm_counter("docent_llm_tokens_total", kind="completion") == before
 
 
 @pytest.mark.parametrize(("mode", "retries", "reason", "attempts"), [

@@ -449,6 +449,12 @@ async def test_real_llama_cpp_server_end_to_end(stack: Stack, backing) -> None:
     user = new_user()
     orion = f"doc-orion-{user}"
     await seed(stack, user, ["The project lead of the Orion migration is Marta Kowalski."], document_id=orion)
+    from prometheus_client import REGISTRY
+
+    def tokens(kind: str) -> float:
+        return REGISTRY.get_sample_value("docent_llm_tokens_total", {"kind": kind}) or 0.0
+
+    before = {kind: tokens(kind) for kind in ("prompt", "completion")}
     server, base_url = await asyncio.to_thread(start_server, _local_model(), port=free_port())
     try:
         settings = llm_settings(stack, backing, base_url, llm_model="local", llm_timeout_seconds=120)
@@ -462,3 +468,5 @@ async def test_real_llama_cpp_server_end_to_end(stack: Stack, backing) -> None:
     turn = messages[-1].turn
     assert len(messages) > 2 and "Kowalski" in turn.answer
     assert turn.model == "local" and [s.document_id for s in turn.sources] == [orion]
+    # llama.cpp reports a streamed answer's usage only when asked (stream_options.include_usage)
+    assert tokens("prompt") > before["prompt"] + 20 and tokens("completion") > before["completion"]

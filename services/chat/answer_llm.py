@@ -5,6 +5,15 @@ them and to say so when they do not hold the answer; this conversation's recent 
 prior messages, and turns found in earlier conversations as notes that are not to be cited.
 Tokens are streamed as they arrive. Any upstream failure (refused connection, timeout after the
 configured retries, an HTTP error, a broken stream) becomes UNAVAILABLE with a reason.
+
+Token usage of a streamed answer: OpenAI-compatible servers report it only when the request asks with
+`stream_options={"include_usage": true}` (OpenAI's API since 2024); the stream then ends with one extra
+chunk whose `choices` is empty and whose `usage` holds the prompt and completion tokens. llama.cpp's
+server (xllamacpp 2026.10) does exactly that, and without the option sends no usage at all. Docent always
+asks: servers that predate the option generally ignore request fields they do not know. One that rejects it
+with HTTP 400 instead fails the call as LLM_REJECTED, with the server's message in the `llm_failed` log
+line; that is reported, not papered over with a second request without the option.
+`LLMClient(..., stream_usage=False)` leaves the option out for such an endpoint.
 """
 
 from __future__ import annotations
@@ -58,9 +67,11 @@ SYSTEM_PROMPT = (
 class LLMClient:
     """One AsyncOpenAI client per process, with the configured timeout and retries."""
 
-    def __init__(self, client: AsyncOpenAI, model: str) -> None:
+    def __init__(self, client: AsyncOpenAI, model: str, *, stream_usage: bool = True) -> None:
         self.client = client
         self.model = model
+        # ask streamed calls for their token usage (stream_options.include_usage): see the module docstring
+        self.stream_usage = stream_usage
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LLMClient:
@@ -85,14 +96,18 @@ class LLMClient:
         # not made current: the consumer runs between our yields, its spans are not the LLM call's children
         span = tracing.start_span("llm.chat", self._span_attributes(params, True))
         started, outcome, usage = time.perf_counter(), "cancelled", None
+        if self.stream_usage:
+            params = {"stream_options": {"include_usage": True}, **params}
         try:
             stream = await self.client.chat.completions.create(
                 model=self.model, messages=list(messages), stream=True, timeout=self._timeout(),
                 **params)  # type: ignore[arg-type]
             async with stream:
                 async for chunk in stream:
-                    usage = getattr(chunk, "usage", None) or usage  # the last chunk's, when the endpoint sends it
-                    for choice in chunk.choices or ():
+                    # the last chunk's: with include_usage a final chunk with no choices carries it (some servers
+                    # repeat a running total on every chunk, so the latest one wins)
+                    usage = getattr(chunk, "usage", None) or usage
+                    for choice in chunk.choices or ():  # empty on that final usage chunk
                         content = choice.delta.content if choice.delta else None
                         if content:
                             yield content

@@ -28,6 +28,7 @@ from services.runtime.auth import jwt_secret
 from services.runtime.config import Settings
 from services.runtime.grpc_client import create_channel
 from services.runtime.grpc_server import ServiceDefinition
+from services.runtime.membership import MembershipEpochs
 from services.runtime.names import CHAT_SERVICE, RETRIEVAL_SERVICE
 from services.runtime.queue import Enqueuer
 from services.runtime.quotas import Quotas, RateLimiter
@@ -70,7 +71,9 @@ async def build_chat_service(settings: Settings) -> ChatService:
         stack.push_async_callback(channel.close)
         ingest_channel = create_channel(settings.target("ingest"))
         stack.push_async_callback(ingest_channel.close)
-        scope = CollectionScope(ingest_pb2_grpc.IngestServiceStub(ingest_channel), jwt_secret(settings))
+        membership = MembershipEpochs(settings.redis_url)
+        stack.push_async_callback(membership.close)
+        scope = CollectionScope(ingest_pb2_grpc.IngestServiceStub(ingest_channel), jwt_secret(settings), membership)
         answerer, rewriter = create_answering(settings)
         stack.push_async_callback(answerer.close)
         count_tokens = await asyncio.to_thread(token_counter)

@@ -17,6 +17,7 @@ from services.runtime.auth import jwt_secret
 from services.runtime.config import Settings
 from services.runtime.grpc_client import create_channel
 from services.runtime.grpc_server import ServiceDefinition
+from services.runtime.membership import MembershipEpochs
 from services.runtime.names import INGEST_SERVICE
 from services.runtime.queue import Enqueuer
 from services.runtime.quotas import Quotas, RateLimiter
@@ -53,8 +54,10 @@ async def build_ingest_service(settings: Settings) -> IngestService:
         stack.push_async_callback(limiter.close)
         quotas = Quotas(limiter, chats_per_minute=settings.quota_chats_per_minute,
                         uploads_per_minute=settings.quota_uploads_per_minute)
+        membership = MembershipEpochs(settings.redis_url)
+        stack.push_async_callback(membership.close)
         servicer = IngestServicer(settings, pool, enqueuer, retrieval_pb2_grpc.RetrievalServiceStub(channel), events,
-                                  quotas, jwt_secret(settings))
+                                  quotas, jwt_secret(settings), membership)
         service = IngestService(servicer, pool, enqueuer, stack.pop_all())
     return service
 

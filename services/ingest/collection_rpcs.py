@@ -12,6 +12,7 @@ from services.ingest.collections import Caller
 from services.runtime.call_context import current_identity
 from services.runtime.errors import InvalidArgument
 from services.runtime.ids import parse_uuid
+from services.runtime.membership import MembershipEpochs
 from services.runtime.pagination import sort_key_request
 
 ROLE_TO_PB = {collections.VIEWER: ingest_pb2.COLLECTION_ROLE_VIEWER,
@@ -45,13 +46,14 @@ def _caller() -> Caller:
 
 
 class CollectionMethods:
-    """Mixed into IngestServicer, whose `pool` it uses."""
+    """Mixed into IngestServicer, whose `pool` and `membership` (the users' membership epochs) it uses."""
 
     pool: asyncpg.Pool
+    membership: MembershipEpochs
 
     async def CreateCollection(self, request: ingest_pb2.CreateCollectionRequest,
                                context: grpc.aio.ServicerContext) -> ingest_pb2.CreateCollectionResponse:
-        created = await collections.create(self.pool, _caller(), request.name)
+        created = await collections.create(self.pool, self.membership, _caller(), request.name)
         return ingest_pb2.CreateCollectionResponse(collection=collection_to_pb(created))
 
     async def GetCollection(self, request: ingest_pb2.GetCollectionRequest,
@@ -83,7 +85,7 @@ class CollectionMethods:
 
     async def DeleteCollection(self, request: ingest_pb2.DeleteCollectionRequest,
                                context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        await collections.delete_empty(self.pool, _caller(), request.collection_id)
+        await collections.delete_empty(self.pool, self.membership, _caller(), request.collection_id)
         return empty_pb2.Empty()
 
     async def ListCollectionMembers(self, request: ingest_pb2.ListCollectionMembersRequest,
@@ -98,10 +100,12 @@ class CollectionMethods:
         role = ROLE_FROM_PB.get(request.role)
         if role is None:
             raise InvalidArgument("role must be VIEWER, EDITOR or OWNER", reason="ROLE_INVALID")
-        member = await collections.set_member(self.pool, _caller(), request.collection_id, request.user_id, role)
+        member = await collections.set_member(self.pool, self.membership, _caller(), request.collection_id,
+                                              request.user_id, role)
         return ingest_pb2.SetCollectionMemberResponse(member=member_to_pb(member))
 
     async def DeleteCollectionMember(self, request: ingest_pb2.DeleteCollectionMemberRequest,
                                      context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        await collections.remove_member(self.pool, _caller(), request.collection_id, request.user_id)
+        await collections.remove_member(self.pool, self.membership, _caller(), request.collection_id,
+                                        request.user_id)
         return empty_pb2.Empty()

@@ -13,6 +13,12 @@ use and is theirs alone. Any other collection has members with a role:
 An API key may be scoped to some collections (`KeyGrant.collections`): its holder then reaches only
 those, with at most the key's access. A collection the caller cannot read is NOT_FOUND, never
 PERMISSION_DENIED, so ids do not reveal what exists.
+
+Whenever the collections a user may read can change — a collection created or deleted, a member added,
+removed or given another role — the user's membership epoch advances once the change is committed
+(services/runtime/membership.py): the chat service reuses a turn's resolved collections only while the epoch
+stays the same, so the change holds from the very next turn. A personal collection created on first use
+advances nothing: a resolution (`listing`) creates it itself when it is missing, so no resolution ever lacked it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from services.runtime import names
 from services.runtime.auth import Identity
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.ids import parse_uuid
+from services.runtime.membership import MembershipEpochs
 from services.runtime.pagination import SortKey
 
 VIEWER, EDITOR, OWNER = "viewer", "editor", "owner"
@@ -178,7 +185,7 @@ def clean_name(name: str) -> str:
     return cleaned
 
 
-async def create(pool: asyncpg.Pool, caller: Caller, name: str) -> asyncpg.Record:
+async def create(pool: asyncpg.Pool, epochs: MembershipEpochs, caller: Caller, name: str) -> asyncpg.Record:
     if caller.scope is not None or not caller.can_write:
         raise PermissionDenied("an API key limited to collections, or read-only, cannot create collections",
                                reason="API_KEY_SCOPE")
@@ -188,6 +195,7 @@ async def create(pool: asyncpg.Pool, caller: Caller, name: str) -> asyncpg.Recor
                            collection_id, clean_name(name), caller.user_id)
         await conn.execute("INSERT INTO collection_members (collection_id, user_id, role) VALUES ($1, $2, 'owner')",
                            collection_id, caller.user_id)
+    await epochs.advance([caller.user_id])
     return await get(pool, caller, str(collection_id))
 
 
@@ -204,8 +212,8 @@ async def _refuse_personal(conn: asyncpg.Connection | asyncpg.Pool, collection_i
                                  reason="PERSONAL_COLLECTION")
 
 
-async def delete_empty(pool: asyncpg.Pool, caller: Caller, collection: str) -> None:
-    """Delete a collection that holds no documents (delete or move them first)."""
+async def delete_empty(pool: asyncpg.Pool, epochs: MembershipEpochs, caller: Caller, collection: str) -> None:
+    """Delete a collection that holds no documents (delete or move them first); every member loses it."""
     collection_id = await require_role(pool, caller, collection, OWNER)
     await _refuse_personal(pool, collection_id, "deleted")
     async with pool.acquire() as conn, conn.transaction():
@@ -214,7 +222,11 @@ async def delete_empty(pool: asyncpg.Pool, caller: Caller, collection: str) -> N
         if count:
             raise FailedPrecondition(f"the collection still holds {count} documents: delete them first",
                                      reason="COLLECTION_NOT_EMPTY", documents=count)
+        # the row lock (set_member and remove_member take it too) keeps this member list until the delete
+        losing = [row["user_id"] for row in await conn.fetch(
+            "SELECT user_id FROM collection_members WHERE collection_id = $1", collection_id)]
         await conn.execute("DELETE FROM collections WHERE id = $1", collection_id)
+    await epochs.advance(losing)
 
 
 async def members(pool: asyncpg.Pool, caller: Caller, collection: str, page_size: int,
@@ -233,7 +245,8 @@ async def members(pool: asyncpg.Pool, caller: Caller, collection: str, page_size
     return list(rows), following
 
 
-async def set_member(pool: asyncpg.Pool, caller: Caller, collection: str, user_id: str, role: str) -> asyncpg.Record:
+async def set_member(pool: asyncpg.Pool, epochs: MembershipEpochs, caller: Caller, collection: str, user_id: str,
+                     role: str) -> asyncpg.Record:
     """Add a member or change their role (owner only). The last owner cannot step down."""
     if role not in ROLES:
         raise InvalidArgument(f"role must be one of {', '.join(ROLES)}", reason="ROLE_INVALID")
@@ -250,13 +263,18 @@ async def set_member(pool: asyncpg.Pool, caller: Caller, collection: str, user_i
             raise FailedPrecondition(f"a collection has at most {MAX_MEMBERS} members", reason="MEMBER_LIMIT")
         if current == OWNER and role != OWNER:
             await _keep_an_owner(conn, collection_id)
-        return await conn.fetchrow(
+        member = await conn.fetchrow(
             """INSERT INTO collection_members (collection_id, user_id, role) VALUES ($1, $2, $3)
                ON CONFLICT (collection_id, user_id) DO UPDATE SET role = EXCLUDED.role
                RETURNING user_id, role, added_at""", collection_id, user_id, role)
+    # a new role leaves the collections the member reads as they were; advancing anyway costs one resolution and
+    # keeps the rule whole: every write to a user's memberships advances their epoch
+    await epochs.advance([user_id])
+    return member
 
 
-async def remove_member(pool: asyncpg.Pool, caller: Caller, collection: str, user_id: str) -> None:
+async def remove_member(pool: asyncpg.Pool, epochs: MembershipEpochs, caller: Caller, collection: str,
+                        user_id: str) -> None:
     """An owner removes anyone; any member may leave. The last owner cannot leave."""
     needed = VIEWER if user_id == caller.user_id else OWNER
     collection_id = await require_role(pool, caller, collection, needed)
@@ -274,6 +292,7 @@ async def remove_member(pool: asyncpg.Pool, caller: Caller, collection: str, use
             await _keep_an_owner(conn, collection_id)
         await conn.execute("DELETE FROM collection_members WHERE collection_id = $1 AND user_id = $2",
                            collection_id, user_id)
+    await epochs.advance([user_id])
 
 
 async def _keep_an_owner(conn: asyncpg.Connection, collection_id: uuid.UUID) -> None:

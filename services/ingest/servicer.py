@@ -33,6 +33,7 @@ from services.runtime.errors import (
     from_rpc_error,
 )
 from services.runtime.grpc_client import call_options
+from services.runtime.membership import MembershipEpochs
 from services.runtime.names import PROCESS_DOCUMENT
 from services.runtime.pagination import page_request
 from services.runtime.queue import INGEST_QUEUE, Enqueuer
@@ -93,7 +94,7 @@ def _caller() -> Caller:
 class IngestServicer(CollectionMethods, ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, settings: Settings, pool: asyncpg.Pool, enqueuer: Enqueuer,
                  retrieval: retrieval_pb2_grpc.RetrievalServiceStub, events: DocumentEvents, quotas: Quotas,
-                 secret: str) -> None:
+                 secret: str, membership: MembershipEpochs) -> None:
         self.settings = settings
         # signs the token of a call made for a document's uploader (deleting its chunks)
         self.secret = secret
@@ -102,6 +103,7 @@ class IngestServicer(CollectionMethods, ingest_pb2_grpc.IngestServiceServicer):
         self.enqueuer = enqueuer
         self.retrieval = retrieval
         self.events = events
+        self.membership = membership
 
     async def UploadDocument(self, request_iterator: AsyncIterator[ingest_pb2.UploadDocumentRequest],
                              context: grpc.aio.ServicerContext) -> ingest_pb2.UploadDocumentResponse:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.runtime.embeddings import MULTILINGUAL_MODEL_NAME
+from services.runtime.embeddings import LOCAL_MODEL_NAME, LOCAL_MODELS, MULTILINGUAL_MODEL_NAME
 from services.runtime.names import CHUNKS_COLLECTION
 
 TURNS_COLLECTION = "docent_chat_turns"
@@ -68,11 +68,16 @@ class EmbeddingSpace:
                 f"vector collection {collection} holds {dimension}-d vectors but the embedding model "
                 f"{self.model} gives {self.dimension}-d; run `docent reindex` to rebuild it with the new model")
         if recorded_model is None and self.model in MODELS_NEWER_THAN_THE_RECORD:
-            recorded_model = "an earlier embedding model"
+            raise EmbeddingSpaceMismatch(
+                f"vector collection {collection} was built by an earlier embedding model but the embedding model "
+                f"is now {self.model}; run `docent reindex` to rebuild it with the new model (or set "
+                f"DOCENT_EMBEDDING_MODEL={LOCAL_MODEL_NAME}, the local model before {self.model}, to keep it)")
         if recorded_model is not None and recorded_model != self.model:
+            keep = (f" (or set DOCENT_EMBEDDING_MODEL={recorded_model} to keep it)"
+                    if recorded_model in LOCAL_MODELS else "")
             raise EmbeddingSpaceMismatch(
                 f"vector collection {collection} was built by {recorded_model} but the embedding model is now "
-                f"{self.model}; run `docent reindex` to rebuild it with the new model")
+                f"{self.model}; run `docent reindex` to rebuild it with the new model{keep}")
 
 
 def chunk_point_id(document_id: str, chunk_index: int, version: int = 1) -> str:

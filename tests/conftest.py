@@ -105,6 +105,9 @@ def make_settings(backing: Backing | None = None, **overrides: object) -> Settin
         "grpc_grace_seconds": 1.0,
         "ingest_metrics_port": 0, "retrieval_metrics_port": 0, "chat_metrics_port": 0,
         "worker_metrics_port": 0,
+        # the `embedder` fixture's model, shared with the services a test starts (and quicker than the
+        # default multilingual-e5-small, which tests/test_embedder_e5.py runs end to end)
+        "embedding_model": "all-MiniLM-L6-v2",
     }
     if backing:
         values.update(database_url=backing.database_url, redis_url=backing.redis_url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.runtime.config import Settings
 from services.runtime.embedder_e5 import MultilingualE5Embedder
 from services.runtime.embeddings import LocalEmbedder, create_embedder
 from tests.conftest import make_settings
@@ -68,10 +69,16 @@ def test_across_languages_where_minilm_cannot(embedder) -> None:
     assert sum(int(best == index) for index, best in enumerate(scores.argmax(axis=1))) <= 2
 
 
-def test_minilm_is_the_default_and_e5_is_chosen_by_name(tmp_path) -> None:
-    assert isinstance(create_embedder(make_settings(data_dir=tmp_path)), LocalEmbedder)
-    chosen = create_embedder(make_settings(data_dir=tmp_path, embedding_model="multilingual-e5-small"))
-    assert isinstance(chosen, MultilingualE5Embedder) and chosen.model_name == "multilingual-e5-small"
+def test_e5_is_the_default_with_its_own_thresholds_and_minilm_is_chosen_by_name(tmp_path) -> None:
+    default = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    assert isinstance(create_embedder(default), MultilingualE5Embedder)
+    assert (default.min_score_documents, default.min_score_chat_history, default.hybrid_dense_weight) == (
+        0.81, 0.84, 0.5)
+    minilm = make_settings(data_dir=tmp_path, embedding_model="all-MiniLM-L6-v2")
+    assert isinstance(create_embedder(minilm), LocalEmbedder)
+    assert (minilm.min_score_documents, minilm.min_score_chat_history, minilm.hybrid_dense_weight) == (0.2, 0.35, 0.0)
+    # a setting given explicitly wins over the model's tuned value
+    assert Settings(_env_file=None, data_dir=tmp_path, min_score_documents=0.5).min_score_documents == 0.5  # type: ignore[call-arg]
 
 
 def test_an_unknown_local_model_is_refused_at_start_up(tmp_path) -> None:

@@ -374,3 +374,31 @@ async def test_ready_and_concurrent_chats(client, alice, alice_document) -> None
     replies = await asyncio.gather(*(alice.request("POST", "/api/chat/", json={"query": QUESTION}) for _ in range(8)))
     assert all(reply.status_code == 200 and reply.json()["sources"] for reply in replies)
     assert len({reply.json()["conversation_id"] for reply in replies}) == 8
+
+
+async def test_a_question_finds_its_answer_in_another_language(client) -> None:
+    """The default embedder (multilingual-e5-small) matches an English question with a German page and a
+    German question with an English page, where the English-only MiniLM would not (tests/test_embedder_e5.py
+    shows it failing on such pairs)."""
+    user = await new_user(client)
+    files = {
+        "elternzeit.md": "# Elternzeit\n\nDer Antrag auf Elternzeit muss spätestens sieben Wochen vor Beginn "
+                         "schriftlich beim Arbeitgeber gestellt werden.",
+        "router.md": "# Router\n\nTo reset the router, hold the recessed button on the back for ten seconds until "
+                     "the light blinks.",
+        "receipts.md": "# 領収書\n\n領収書の再発行は、購入日から一年以内であれば窓口で受け付けます。",
+    }
+    ids = {}
+    for name, text in files.items():
+        reply = await user.upload(name, text.encode(), "text/markdown")
+        assert reply.status_code == 202, reply.text
+        ids[reply.json()["id"]] = name
+    for document_id in ids:
+        events = await user.events("GET", f"/api/upload/{document_id}/events")
+        assert events[-1][1]["status"] == "completed", events[-1]
+    for question, expected in (("How early must parental leave be requested from the employer?", "elternzeit.md"),
+                               ("Wie setze ich den Router zurück?", "router.md")):
+        reply = await user.request("POST", "/api/chat/", json={"query": question})
+        assert reply.status_code == 200, reply.text
+        sources = reply.json()["sources"]
+        assert sources and ids[sources[0]["document_id"]] == expected, (question, sources)

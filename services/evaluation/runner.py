@@ -52,8 +52,9 @@ CONFIGURATIONS = {
     **{f"hybrid-dense{weight}": Configuration(
         f"hybrid-dense{weight}", f"hybrid, the dense ranking fused again at weight {weight}",
         env={"DOCENT_HYBRID_DENSE_WEIGHT": str(weight)}, request={"mode": "hybrid"}) for weight in (0.3, 0.5, 0.7)},
-    "multilingual": Configuration("multilingual", "multilingual-e5-small (4-bit) as the embedder",
-                                  env={"DOCENT_EMBEDDING_MODEL": "multilingual-e5-small"}),
+    "minilm": Configuration("minilm", "all-MiniLM-L6-v2 (English only; the default embedder before "
+                            "multilingual-e5-small) with its tuned thresholds",
+                            env={"DOCENT_EMBEDDING_MODEL": "all-MiniLM-L6-v2"}),
     "documents-only": Configuration("documents-only", "chat-history weight 0 (no memory search)",
                                     request={"weights": {"documents": 1.0, "chat_history": 0.0}}),
 }

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # needs `docent reindex` (the vector store records which model built it)
     embedding_base_url: str | None = None
     embedding_api_key: SecretStr | None = None
-    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_model: str = "multilingual-e5-small"  # measured: docs/QUALITY.md
     embedding_dimensions: int | None = Field(None, ge=1)
     embedding_batch_size: int = Field(8, ge=1, le=2048)
     embedding_threads: int = Field(0, ge=0)
@@ -101,11 +101,14 @@ class Settings(BaseSettings):
     weight_documents: float = Field(0.7, ge=0, le=1)
     weight_chat_history: float = Field(0.3, ge=0, le=1)
     search_top_k: int = Field(10, ge=1, le=100)
-    min_score_documents: float = Field(0.2, ge=-1, le=1)
-    min_score_chat_history: float = Field(0.35, ge=-1, le=1)
+    # unset (None): the value tuned for the embedding model (services/runtime/embeddings.py TUNING), filled
+    # in at validation, so every reader sees a number
+    min_score_documents: float | None = Field(None, ge=-1, le=1)
+    min_score_chat_history: float | None = Field(None, ge=-1, le=1)
     search_mode: Literal["dense", "hybrid"] = "hybrid"  # measured: docs/QUALITY.md
-    hybrid_dense_weight: float = Field(0.0, ge=0, le=1, description="hybrid search: weight of the dense ranking "
-                                       "fused again with the store's dense + BM25 ranking (0: that ranking alone)")
+    hybrid_dense_weight: float | None = Field(None, ge=0, le=1, description="hybrid search: weight of the dense "
+                                              "ranking fused again with the store's dense + BM25 ranking (0: that "
+                                              "ranking alone); unset: tuned for the embedding model")
     contextual_chunks: bool = Field(False, description="embed each chunk led by its document's title "
                                                        "(needs `docent reindex` when changed)")
 
@@ -171,6 +174,14 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("min_score_documents", "min_score_chat_history", "hybrid_dense_weight", mode="before")
+    @classmethod
+    def _empty_is_tuned(cls, value: object) -> object:
+        # compose forwards an unset variable as "": the model's tuned value
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("jwt_secret", "webhook_secret", "qdrant_api_key", "embedding_api_key", "llm_api_key",
                      mode="before")
     @classmethod
@@ -210,11 +221,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _local_embedding_model_exists(self) -> Settings:
-        from services.runtime.embeddings import LOCAL_MODELS  # embeddings imports this module
+        from services.runtime.embeddings import ENDPOINT_TUNING, LOCAL_MODELS, TUNING  # embeddings imports this
 
         if not self.embedding_base_url and self.embedding_model not in LOCAL_MODELS:
             raise ValueError(f"DOCENT_EMBEDDING_MODEL={self.embedding_model!r} is not a local model ("
                              f"{', '.join(LOCAL_MODELS)}); set DOCENT_EMBEDDING_BASE_URL to use it from an endpoint")
+        tuning = ENDPOINT_TUNING if self.embedding_base_url else TUNING[self.embedding_model]
+        for name in ("min_score_documents", "min_score_chat_history", "hybrid_dense_weight"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(tuning, name))
         return self
 
     @model_validator(mode="after")

@@ -89,7 +89,8 @@ def test_the_local_llm_extra_is_pinned_and_opt_in() -> None:
 
 
 def test_the_vendored_tokenizer_is_package_data_with_its_checked_sha256() -> None:
-    from services.runtime.embeddings import TOKENIZER_SHA256, Tokenizer, file_sha256
+    from services.runtime.embedding_models import file_sha256
+    from services.runtime.embeddings import TOKENIZER_SHA256, Tokenizer
 
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "minilm/tokenizer.json" in package_data["services.runtime"]

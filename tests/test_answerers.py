@@ -380,7 +380,7 @@ async def test_a_streamed_answer_asks_for_its_token_usage_and_records_it() -> No
 
 async def test_an_endpoint_that_rejects_stream_options_fails_visibly_unless_it_is_turned_off() -> None:
     """The decision for older servers: no silent second request. The default fails as LLM_REJECTED (HTTP 400,
-    the server's message logged); a client built with stream_usage=False works and counts no tokens."""
+    the server's message logged); DOCENT_LLM_STREAM_USAGE=false works and counts no tokens."""
     request = AnswerRequest(query="q", standalone_query="q", documents=blocks()[:1])
     async with fake_llm() as fake:
         fake.mode = "strict"
@@ -390,9 +390,7 @@ async def test_an_endpoint_that_rejects_stream_options_fails_visibly_unless_it_i
         await answerer.close()
         assert raised.value.reason == "LLM_REJECTED" and len(fake.requests) == 1
         before = llm_counter("docent_llm_tokens_total", kind="completion")
-        client = llm_client(fake.base_url)
-        client.stream_usage = False
-        answerer = LLMAnswerer(client)
+        answerer = LLMAnswerer(llm_client(fake.base_url, llm_stream_usage=False))  # DOCENT_LLM_STREAM_USAGE
         assert "".join([piece async for piece in answerer.stream(request)]) == "Q3 revenue was $5M [1]."
         await answerer.close()
         assert "stream_options" not in fake.requests[-1] and len(fake.requests) == 2

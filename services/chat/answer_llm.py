@@ -13,7 +13,7 @@ server (xllamacpp 2026.10) does exactly that, and without the option sends no us
 asks: servers that predate the option generally ignore request fields they do not know. One that rejects it
 with HTTP 400 instead fails the call as LLM_REJECTED, with the server's message in the `llm_failed` log
 line; that is reported, not papered over with a second request without the option.
-`LLMClient(..., stream_usage=False)` leaves the option out for such an endpoint.
+DOCENT_LLM_STREAM_USAGE=false (`LLMClient(..., stream_usage=False)`) leaves the option out for such an endpoint.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class LLMClient:
         api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "unused"
         client = AsyncOpenAI(base_url=settings.llm_base_url, api_key=api_key, timeout=settings.llm_timeout_seconds,
                              max_retries=settings.llm_max_retries)
-        return cls(client, settings.llm_model)
+        return cls(client, settings.llm_model, stream_usage=settings.llm_stream_usage)
 
     def _timeout(self) -> float:
         """Per attempt: the configured timeout, or less when the user request's deadline is nearer. The

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     llm_model: str = "gpt-4o-mini"
     llm_timeout_seconds: float = Field(60.0, gt=0)
     llm_max_retries: int = Field(2, ge=0)
+    # streamed answers ask for their token usage (stream_options.include_usage, services/chat/answer_llm.py);
+    # false for an older server that rejects the option
+    llm_stream_usage: bool = True
     history_token_budget: int = Field(1500, ge=0)
 
     # worker

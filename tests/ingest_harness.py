@@ -44,6 +44,8 @@ class WorkerProcess:
             "DOCENT_DATABASE_URL": settings.database_url or "",
             "DOCENT_REDIS_URL": settings.redis_url or "",
             "DOCENT_RETRIEVAL_TARGET": settings.target("retrieval"),
+            # the worker embeds with the model the in-process retrieval store was opened for
+            "DOCENT_EMBEDDING_MODEL": settings.embedding_model,
             "DOCENT_JWT_SECRET": TEST_SECRET,
             "DOCENT_WORKER_METRICS_PORT": "0",
             "DOCENT_LOG_FORMAT": "json",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_a_smoke_eval_runs_through_the_rest_api(tmp_path) -> None:
         up.wait_for("Docent is up", 180)
         results = asyncio.run(runner.evaluate(small, pool, [runner.CONFIGURATIONS["default"], memory],
                                               base_url=f"http://127.0.0.1:{up.ports['gateway']}",
-                                              turns_log=tmp_path / "turns.jsonl"))
+                                              turns_log=tmp_path / "turns.jsonl", opaque_names=True))
     finally:
         up.stop()
     assert set(results) == {"default", "memory"}
@@ -83,6 +84,9 @@ def test_a_smoke_eval_runs_through_the_rest_api(tmp_path) -> None:
         assert 0 < values["answer_words_p50"] < 80  # an answer, not a run of passages
     logged = [json.loads(line) for line in (tmp_path / "turns.jsonl").read_text().splitlines()]
     assert len(logged) == 8 and all("context" in item["reply"] for item in logged)
+    # --opaque-names: the files were uploaded as document-NNN.<ext>, not under the suite's descriptive names
+    shown = {source["filename"] for item in logged for source in item["reply"]["sources"]}
+    assert shown and all(re.fullmatch(r"document-\d{3}\.(md|csv)", name) for name in shown), shown
     run = {"label": "smoke", "date": "today", "split": "test", "questions": 4, "corpora": {"faq": 2, "tables": 2},
            "command": "pytest", "configurations": results}
     assert "| default | 4 | all |" in report.markdown_table(run)

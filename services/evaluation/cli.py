@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=None, help="a running gateway instead of a throwaway stack")
     parser.add_argument("--email", default="", help="with --url: the account to use (created if missing)")
     parser.add_argument("--password", default="")
+    parser.add_argument("--opaque-names", action="store_true",
+                        help="upload every file as document-NNN.<ext> (no help from descriptive file names)")
     parser.add_argument("--label", default="current", help="the name of this run in reports")
     parser.add_argument("--json", default=None, help="write the results as JSON to this path")
     parser.add_argument("--samples", type=int, default=0, help="keep N sample answers per configuration")
@@ -80,12 +82,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     results = asyncio.run(runner.evaluate(
         measured, history_pool, _configurations(args.configs, args.memory_turns), base_url=args.url or "",
         email=args.email, password=args.password, stack_env=stack_env, keep_answers=args.samples,
-        turns_log=Path(args.turns_log) if args.turns_log else None))
+        turns_log=Path(args.turns_log) if args.turns_log else None, opaque_names=args.opaque_names))
     counts: dict[str, int] = {}
     for question in measured.questions:
         counts[question.corpus] = counts.get(question.corpus, 0) + 1
     return {"label": args.label, "date": datetime.date.today().isoformat(), "split": args.split,
             "questions": len(measured.questions), "corpora": counts, "server_env": stack_env,
+            "opaque_names": args.opaque_names,
             "command": "docent " + shlex.join(argv), "configurations": results}
 
 

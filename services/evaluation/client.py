@@ -49,10 +49,12 @@ class RestClient:
             raise EvalClientError(f"sign-in as {email} failed: {reply.status_code} {reply.text[:300]}")
         self._token = reply.json()["access_token"]
 
-    async def upload(self, path: Path) -> str:
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    async def upload(self, path: Path, filename: str = "") -> str:
+        """Upload the file at `path`, named `filename` (by default its own name)."""
+        filename = filename or path.name
+        kind = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         content = await asyncio.to_thread(path.read_bytes)
-        body = await self._json("POST", "/api/upload/", files={"file": (path.name, content, kind)})
+        body = await self._json("POST", "/api/upload/", files={"file": (filename, content, kind)})
         return body["id"]
 
     async def documents(self) -> list[dict]:

@@ -139,16 +139,24 @@ async def build_history(client: RestClient, questions: Sequence[Question], turns
     return turns
 
 
+def _upload_name(path: Path, number: int, opaque: bool) -> str:
+    return f"document-{number:03d}{path.suffix}" if opaque else path.name
+
+
 async def evaluate_on(base_url: str, suite: Suite, history_pool: Sequence[Question],
                       configurations: Sequence[Configuration], *, email: str = "", password: str = "",
-                      keep_answers: int = 0, turns_log: Path | None = None) -> dict[str, dict]:
+                      keep_answers: int = 0, turns_log: Path | None = None,
+                      opaque_names: bool = False) -> dict[str, dict]:
     """Every configuration against one running gateway (they must share its server settings).
-    `turns_log`: append each question with the full REST reply as a JSON line (for offline study)."""
+    `turns_log`: append each question with the full REST reply as a JSON line (for offline study).
+    `opaque_names`: upload every file as "document-NNN.<ext>", so no configuration gains from the
+    suite's descriptive file names (a user's files are often called "scan0001.pdf")."""
     results: dict[str, dict] = {}
     async with RestClient(base_url) as client:
         await client.sign_in(email, password)
         started = time.perf_counter()
-        ids = {document.key: await client.upload(document.path) for document in suite.documents}
+        ids = {document.key: await client.upload(document.path, _upload_name(document.path, number, opaque_names))
+               for number, document in enumerate(suite.documents, 1)}
         statuses = await client.wait_finished(list(ids.values()))
         ingest_seconds = time.perf_counter() - started
         # a document that failed to ingest stays in: its questions count as misses, as for a user
@@ -186,11 +194,12 @@ async def evaluate_on(base_url: str, suite: Suite, history_pool: Sequence[Questi
 
 async def evaluate(suite: Suite, history_pool: Sequence[Question], configurations: Sequence[Configuration], *,
                    base_url: str = "", email: str = "", password: str = "", stack_env: dict[str, str] | None = None,
-                   keep_answers: int = 0, turns_log: Path | None = None) -> dict[str, dict]:
+                   keep_answers: int = 0, turns_log: Path | None = None,
+                   opaque_names: bool = False) -> dict[str, dict]:
     """Against `base_url` when given, else a throwaway `docent up` per distinct server setting."""
     if base_url:
         return await evaluate_on(base_url, suite, history_pool, configurations, email=email, password=password,
-                                 keep_answers=keep_answers, turns_log=turns_log)
+                                 keep_answers=keep_answers, turns_log=turns_log, opaque_names=opaque_names)
     from services.devstack import DevStack
 
     groups: dict[tuple[tuple[str, str], ...], list[Configuration]] = {}
@@ -201,7 +210,8 @@ async def evaluate(suite: Suite, history_pool: Sequence[Question], configuration
         stack = await asyncio.to_thread(DevStack(extra_env={**(stack_env or {}), **dict(env)}).start)
         try:
             results.update(await evaluate_on(stack.gateway_url, suite, history_pool, members,
-                                             keep_answers=keep_answers, turns_log=turns_log))
+                                             keep_answers=keep_answers, turns_log=turns_log,
+                                             opaque_names=opaque_names))
         finally:
             if any(results.get(c.name, {}).get("overall", {}).get("failed") for c in members):
                 kept = Path(tempfile.gettempdir()) / f"docent-eval-{int(time.time())}.log"

@@ -208,11 +208,14 @@ async def test_memory_is_searchable_at_once_from_the_question_vector_then_refine
                                   "FROM chat_turns WHERE id = $1", uuid.UUID(first.id))
         assert row["memory_indexed_at"] is not None and row["memory_refined_at"] is None
         assert row["lag"].total_seconds() < 30
-        # the memory sweep queues the full-text embedding once the memory queue is idle
+        # the memory sweep queues the full-text embedding once the memory queue is idle, and the CPUs too
         redis.Redis.from_url(stack.redis_url).delete("docent:memory", "docent:memory.msgs")
         context = SweepContext(stack.resources.settings.model_copy(update={"sweep_interval_seconds": 0.0}),
                                Enqueuer(stack.redis_url))
         try:
+            monkeypatch.setattr(memory_sweep.CPU, "busy_share", lambda: 0.9)
+            assert (await memory_sweep.sweep_memory(conn, context))["turns_to_refine"] == 0
+            monkeypatch.setattr(memory_sweep.CPU, "busy_share", lambda: 0.1)
             counts = await memory_sweep.sweep_memory(conn, context)
         finally:
             context.enqueuer.close()
@@ -224,10 +227,17 @@ async def test_memory_is_searchable_at_once_from_the_question_vector_then_refine
     assert await actors.index_turn(stack.resources, first.id) == actors.INDEXED
     assert await actors.index_turn(stack.resources, first.id, vector, model) == actors.ALREADY_INDEXED
 
-    # a short queue: both steps in one message
+    # a short queue and idle CPUs: both steps in one message
+    monkeypatch.setattr(actors.CPU, "busy_share", lambda: 0.1)
     second = await ask(stack, user, "How many vacation days do employees get?")
     turn_id, vector, model = queued_memory_message(stack.redis_url, second.id)
     assert await actors.index_turn(stack.resources, turn_id, vector, model) == actors.INDEXED
+
+    # a short queue but busy CPUs (the chat turns' query embeddings need them): the question vector only
+    third = await ask(stack, user, "Who approves travel expenses?")
+    turn_id, vector, model = queued_memory_message(stack.redis_url, third.id)
+    monkeypatch.setattr(actors.CPU, "busy_share", lambda: stack.resources.settings.memory_refine_max_cpu + 0.05)
+    assert await actors.index_turn(stack.resources, turn_id, vector, model) == actors.QUESTION_INDEXED
     stored = await get(stack, user, second.conversation_id)
     assert stored.turns[0].memory_indexed
 

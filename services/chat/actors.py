@@ -8,8 +8,10 @@
    which finds the turn better (bench/memory_recall.py, three runs: recall@1 0.78–0.80 against
    0.74–0.77 for the question alone, recall@5 about the same) but costs a model run of up to 256
    tokens. It happens in the same message while the memory queue is short (at most
-   REFINE_BELOW_WAITING messages waiting); under load the worker skips it, so memory keeps up, and
-   the memory sweep queues it again once the queue is idle.
+   REFINE_BELOW_WAITING messages waiting) and the CPUs are not busy (at most
+   DOCENT_MEMORY_REFINE_MAX_CPU of them used lately, services/chat/cpu_load.py: on one machine that
+   model run competes with the chat turns' query embeddings); otherwise the worker skips it, so
+   memory keeps up and chat keeps its CPU, and the memory sweep queues it again once both are idle.
 The point id derives from the turn id, so each write overwrites the last. A turn that no longer
 exists (its conversation was deleted) is a no-op; a turn deleted while it was being indexed has its
 fresh vector removed again.
@@ -27,6 +29,7 @@ import structlog
 
 from docent.v1 import retrieval_pb2
 from services.chat import conversations, memory_vectors
+from services.chat.cpu_load import CpuLoad
 from services.chat.text import strip_markers
 from services.runtime import tracing
 from services.runtime.pagination import timestamp
@@ -39,6 +42,8 @@ MAX_RETRIES = 8  # backoff 1 s … 60 s; the sweeper re-enqueues whatever is sti
 # the full-text embedding is done at once only while the memory queue is this short
 REFINE_BELOW_WAITING = 8
 INDEXED, QUESTION_INDEXED, ALREADY_INDEXED, GONE = "indexed", "question_indexed", "already_indexed", "gone"
+# this worker process's view of the machine's CPU load, shared by its actor threads
+CPU = CpuLoad()
 
 
 def memory_text(query: str, answer: str) -> str:
@@ -62,8 +67,9 @@ async def index_turn(resources: WorkerResources, turn_id: str, question_vector: 
         if not await _write(resources, row, answer, vector, vector_model, refined=False):
             return GONE
         backlog = await asyncio.to_thread(waiting_messages, resources.broker(), MEMORY_QUEUE)
-        if backlog > REFINE_BELOW_WAITING:
-            log.info("memory_indexed", turn_id=turn_id, vector="question", backlog=backlog)
+        cpu = CPU.busy_share()
+        if backlog > REFINE_BELOW_WAITING or cpu > resources.settings.memory_refine_max_cpu:
+            log.info("memory_indexed", turn_id=turn_id, vector="question", backlog=backlog, cpu=round(cpu, 2))
             return QUESTION_INDEXED
     embedder = await resources.embedder()
     text = memory_text(row["query"], answer)

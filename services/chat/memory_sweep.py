@@ -3,8 +3,9 @@ loop in services.runtime.sweeps). Each round:
 - a stored turn whose memory was never indexed is enqueued again (the chat service enqueues
   `index_chat_turn` when it stores a turn, and a lost enqueue is not an error there: this is what
   makes it eventually happen);
-- when the memory queue is idle, turns searchable by their question's vector only (the worker skipped
-  the full-text embedding under load, services/chat/actors.py) are enqueued for it;
+- when the memory queue is idle and the CPUs were not busy since the last round (at most
+  DOCENT_MEMORY_REFINE_MAX_CPU used), turns searchable by their question's vector only (the worker
+  skipped the full-text embedding under load, services/chat/actors.py) are enqueued for it;
 - the memory-lag gauges are refreshed.
 """
 
@@ -15,6 +16,7 @@ import asyncio
 import asyncpg
 
 from services.chat import conversations
+from services.chat.cpu_load import CpuLoad
 from services.runtime import metrics
 from services.runtime.names import INDEX_CHAT_TURN
 from services.runtime.queue import MEMORY_QUEUE, waiting_messages
@@ -30,6 +32,8 @@ MAX_MEMORY_SWEEPS = 6
 REFINE_PER_SWEEP = 200
 # the lag quantiles cover the turns indexed within this window
 LAG_WINDOW_SECONDS = 60.0
+# the sweeper process's view of the CPU load: the busy share between two rounds
+CPU = CpuLoad()
 
 
 async def sweep_memory(conn: asyncpg.Connection, context: SweepContext) -> dict[str, int]:
@@ -37,7 +41,8 @@ async def sweep_memory(conn: asyncpg.Connection, context: SweepContext) -> dict[
     for turn_id in turns:
         await context.enqueuer.enqueue(MEMORY_QUEUE, INDEX_CHAT_TURN, str(turn_id))
     refined: list = []
-    if await asyncio.to_thread(waiting_messages, context.enqueuer.broker, MEMORY_QUEUE) == 0:
+    idle_cpu = CPU.busy_share() <= context.settings.memory_refine_max_cpu
+    if idle_cpu and await asyncio.to_thread(waiting_messages, context.enqueuer.broker, MEMORY_QUEUE) == 0:
         refined = await conversations.take_unrefined_for_sweep(conn, context.settings.sweep_interval_seconds,
                                                                MAX_MEMORY_SWEEPS, REFINE_PER_SWEEP)
         for turn_id in refined:

@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     worker_queues: Annotated[list[str], NoDecode] = ["ingest", "memory"]
     lease_seconds: int = Field(120, ge=5)
     sweep_interval_seconds: int = Field(30, ge=1)
+    # a chat turn's full-text memory embedding runs only while at most this share of the CPUs was busy
+    # lately (services/chat/cpu_load.py); until then the turn is searchable by its question's vector.
+    # 1 = always at once (a worker on cores of its own)
+    memory_refine_max_cpu: float = Field(0.6, gt=0, le=1)
     max_attempts: int = Field(5, ge=1)
     # the sweeper as a Dramatiq fork function beside the workers; `docent up` runs it as its own child
     # instead, so that it is restarted on its own (Dramatiq does not watch its fork functions)

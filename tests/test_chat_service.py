@@ -242,6 +242,33 @@ async def test_memory_is_searchable_at_once_from_the_question_vector_then_refine
     assert stored.turns[0].memory_indexed
 
 
+async def test_the_sweep_leaves_unindexed_turns_alone_while_the_memory_queue_is_long(stack: Stack) -> None:
+    """A turn not yet indexed behind a long memory queue is most likely still in it, with its question's
+    vector: queued again it would cost a full-text embedding the backlogged worker has no time for."""
+    user = new_user()
+    await seed(stack, user)
+    turn = await ask(stack, user, "What is our Q3 revenue?")
+    queue = redis.Redis.from_url(stack.redis_url)
+    queue.delete("docent:memory", "docent:memory.msgs")
+    settings = stack.resources.settings.model_copy(update={"lease_seconds": 0, "sweep_interval_seconds": 0})
+    context = SweepContext(settings, Enqueuer(stack.redis_url))
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        for _ in range(memory_sweep.REENQUEUE_BELOW_WAITING):  # a backlog of other turns' messages
+            await context.enqueuer.enqueue("memory", "index_chat_turn", str(uuid.uuid4()))
+        assert (await memory_sweep.sweep_memory(conn, context))["turns"] == 0
+        with pytest.raises(StopIteration):
+            queued_memory_message(stack.redis_url, turn.id)
+        queue.delete("docent:memory", "docent:memory.msgs")  # the backlog drained
+        assert (await memory_sweep.sweep_memory(conn, context))["turns"] >= 1
+        assert queued_memory_message(stack.redis_url, turn.id) == [turn.id]
+    finally:
+        await conn.close()
+        context.enqueuer.close()
+        queue.delete("docent:memory", "docent:memory.msgs")
+        queue.close()
+
+
 async def test_stream_chat_yields_deltas_then_the_stored_turn(stack: Stack) -> None:
     user = new_user()
     await seed(stack, user)

@@ -1,8 +1,8 @@
 """Chat's sweep pass over its turns' memory, registered with the sweeper process (services/sweeper.py,
 loop in services.runtime.sweeps). Each round:
-- a stored turn whose memory was never indexed is enqueued again (the chat service enqueues
-  `index_chat_turn` when it stores a turn, and a lost enqueue is not an error there: this is what
-  makes it eventually happen);
+- a stored turn whose memory was never indexed is enqueued again while the memory queue is short
+  (the chat service enqueues `index_chat_turn` when it stores a turn, and a lost enqueue is not an
+  error there: this is what makes it eventually happen);
 - when the memory queue is idle and the CPUs were not busy since the last round (at most
   DOCENT_MEMORY_REFINE_MAX_CPU used), turns searchable by their question's vector only (the worker
   skipped the full-text embedding under load, services/chat/actors.py) are enqueued for it;
@@ -28,6 +28,12 @@ MEMORY_SWEEP_LOCK_KEY = 0x6D656D6F7279  # "memory"
 MAX_MEMORY_SWEEPS = 6
 
 
+# A turn still unindexed while this many messages wait is most likely among them, carrying its
+# question's vector. Queued again, it would come without one and cost a full-text embedding: under
+# a chat load the worker could not keep up with, those re-queued turns took the worker's time and the
+# backlog grew faster (a 10-minute soak with multilingual-e5-small, docs/BENCHMARKS.md). A message
+# really lost is queued again once the backlog is short; its turn is safe in Postgres until then.
+REENQUEUE_BELOW_WAITING = 100
 # turns queued for their full-text embedding per round, while the memory queue is idle
 REFINE_PER_SWEEP = 200
 # the lag quantiles cover the turns indexed within this window
@@ -37,12 +43,15 @@ CPU = CpuLoad()
 
 
 async def sweep_memory(conn: asyncpg.Connection, context: SweepContext) -> dict[str, int]:
-    turns = await conversations.take_unindexed_for_sweep(conn, context.stale_after, MAX_MEMORY_SWEEPS)
-    for turn_id in turns:
-        await context.enqueuer.enqueue(MEMORY_QUEUE, INDEX_CHAT_TURN, str(turn_id))
+    waiting = await asyncio.to_thread(waiting_messages, context.enqueuer.broker, MEMORY_QUEUE)
+    turns: list = []
+    if waiting < REENQUEUE_BELOW_WAITING:
+        turns = await conversations.take_unindexed_for_sweep(conn, context.stale_after, MAX_MEMORY_SWEEPS)
+        for turn_id in turns:
+            await context.enqueuer.enqueue(MEMORY_QUEUE, INDEX_CHAT_TURN, str(turn_id))
     refined: list = []
     idle_cpu = CPU.busy_share() <= context.settings.memory_refine_max_cpu
-    if idle_cpu and await asyncio.to_thread(waiting_messages, context.enqueuer.broker, MEMORY_QUEUE) == 0:
+    if idle_cpu and waiting == 0:
         refined = await conversations.take_unrefined_for_sweep(conn, context.settings.sweep_interval_seconds,
                                                                MAX_MEMORY_SWEEPS, REFINE_PER_SWEEP)
         for turn_id in refined:

@@ -66,9 +66,11 @@ async def index_turn(resources: WorkerResources, turn_id: str, question_vector: 
         vector = memory_vectors.unpack(question_vector)
         if not await _write(resources, row, answer, vector, vector_model, refined=False):
             return GONE
-        backlog = await asyncio.to_thread(waiting_messages, resources.broker(), MEMORY_QUEUE)
+        # the CPU check is free; the queue's length is a Redis round trip, asked only when it decides
         cpu = CPU.busy_share()
-        if backlog > REFINE_BELOW_WAITING or cpu > resources.settings.memory_refine_max_cpu:
+        busy = cpu > resources.settings.memory_refine_max_cpu
+        backlog = None if busy else await asyncio.to_thread(waiting_messages, resources.broker(), MEMORY_QUEUE)
+        if busy or backlog > REFINE_BELOW_WAITING:
             log.info("memory_indexed", turn_id=turn_id, vector="question", backlog=backlog, cpu=round(cpu, 2))
             return QUESTION_INDEXED
     embedder = await resources.embedder()

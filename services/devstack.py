@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,15 +18,10 @@ from pathlib import Path
 
 from services.runtime.auth import jwt_secret, mint_token
 from services.runtime.config import Settings
+from services.runtime.ports import unused_port
 
 PORTS = ("gateway", "ingest", "retrieval", "chat", "ingest_metrics", "retrieval_metrics", "chat_metrics",
          "worker_metrics", "supervisor_metrics")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -35,7 +29,7 @@ class DevStack:
     workers: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="docent-stack-")))
-    ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in PORTS})
+    ports: dict[str, int] = field(default_factory=lambda: {name: unused_port() for name in PORTS})
     process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +28,7 @@ from services.runtime.auth import mint_token
 from services.runtime.config import Settings
 from services.runtime.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.runtime.grpc_server import Service, ServiceDefinition, serve
+from services.runtime.ports import unused_port
 
 TEST_SECRET = "test-secret-" + "x" * 40
 REPO = Path(__file__).resolve().parent.parent
@@ -40,9 +40,7 @@ for _name in [name for name in os.environ if name.startswith("DOCENT_")]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return unused_port()
 
 
 def make_data_dir(prefix: str = "docent-test-") -> Path:
